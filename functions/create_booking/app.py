@@ -1,0 +1,223 @@
+"""POST /bookings, GET/DELETE /bookings/{id}, GET /restaurants/{id}/availability.
+
+HTTP only: parse and validate (Powertools event_handler + pydantic), call the booking service,
+map its outcome to a response, metrics and a log line. The capacity logic lives in the layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import warnings
+from typing import Annotated, Any
+from uuid import UUID
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
+from capacity.db import Database
+from capacity.http import problem_response, validation_problem
+from capacity.idempotency import tenant_of, valid_key
+from capacity.models import Availability, BookingCreated, BookingEnvelope, BookingRequest, Problem
+from capacity.outcomes import EventType, MetricName, ProblemCode, ProblemError
+from capacity.settings import booking_settings
+
+# Validated at cold start: a bad setting stops the function here, with the variable's name.
+settings = booking_settings()
+logger = Logger(service=settings.service_name)
+metrics = Metrics(namespace=settings.metrics_namespace, service=settings.service_name)
+metrics.set_default_dimensions(environment=settings.environment)
+tracer = Tracer(service=settings.service_name)
+service = BookingService(Database(settings), settings)
+
+app = APIGatewayRestResolver(enable_validation=True)
+
+# Requests refused before a booking is attempted emit no metric; that is expected, not a warning.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+_OUTCOME_METRIC = {
+    EventType.SUCCESS: MetricName.BOOKING_SUCCESS,
+    EventType.CAPACITY_EXCEEDED: MetricName.CAPACITY_EXCEEDED,
+}
+
+
+def _problem_content(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"model": Problem}}}
+
+
+@app.post(
+    "/bookings",
+    summary="Book a slot",
+    responses={
+        201: {"description": "Booked", "content": {"application/json": {"model": BookingCreated}}},
+        400: _problem_content("Missing Idempotency-Key or malformed JSON"),
+        404: _problem_content("Unknown restaurant"),
+        409: _problem_content("Slot full or closed, or the same key is still in flight"),
+        422: _problem_content("Invalid field, time off the slot grid, or key reused with another body"),
+        503: _problem_content("Database unavailable or transient failures outlasted every retry"),
+    },
+)
+def create_booking(
+    booking: BookingRequest,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="1-255 visible ASCII")] = None,
+    run_id: Annotated[str | None, Header(alias="X-Run-Id", description="Groups synthetic traffic")] = None,
+) -> Response[Any]:
+    if idempotency_key is None or idempotency_key == "":
+        raise ProblemError(ProblemCode.IDEMPOTENCY_KEY_MISSING, "Send an Idempotency-Key header (1-255 visible ASCII).")
+    if not valid_key(idempotency_key):
+        raise _invalid("Idempotency-Key", "must be 1-255 visible ASCII characters")
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise _invalid("X-Run-Id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    started = time.perf_counter()
+    caller = Caller(tenant=tenant_of(app.current_event.request_context.raw_event), idempotency_key=idempotency_key,
+                    run_id=run_id)
+    metrics.add_metadata("restaurantId", str(booking.restaurant_id))
+    try:
+        result = service.book(booking, caller)
+    except RetryExhausted as exc:
+        metrics.add_metric(MetricName.BOOKING_REQUESTS, MetricUnit.Count, 1)
+        metrics.add_metric(MetricName.RETRY_EXHAUSTED, MetricUnit.Count, 1)
+        metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, exc.attempts)
+        raise
+    except ProblemError as exc:
+        if exc.code is ProblemCode.SERVICE_UNAVAILABLE:
+            metrics.add_metric(MetricName.SERVICE_UNAVAILABLE, MetricUnit.Count, 1)
+        raise
+    _record(result, booking, (time.perf_counter() - started) * 1000)
+    headers = dict(result.headers)
+    content_type = "application/json" if result.status < 400 else "application/problem+json"
+    return Response(status_code=result.status, content_type=content_type, body=json.dumps(result.body), headers=headers)
+
+
+def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -> None:
+    if result.replayed:
+        metrics.add_metric(MetricName.IDEMPOTENT_REPLAYS, MetricUnit.Count, 1)
+        return
+    metrics.add_metric(MetricName.BOOKING_REQUESTS, MetricUnit.Count, 1)
+    metrics.add_metric(MetricName.BOOKING_LATENCY, MetricUnit.Milliseconds, latency_ms)
+    if result.outcome is not None:
+        metrics.add_metric(_OUTCOME_METRIC[result.outcome], MetricUnit.Count, 1)
+    if result.status == 409 and result.body.get("code") == ProblemCode.SLOT_CLOSED:
+        metrics.add_metric(MetricName.SLOT_CLOSED, MetricUnit.Count, 1)
+    # Zeros too: a rate needs its denominator's zeros to be real datapoints.
+    metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, result.conflicts + int(result.overbook_prevented))
+    metrics.add_metric(MetricName.OVERBOOK_PREVENTED, MetricUnit.Count, int(result.overbook_prevented))
+    if result.utilization is not None:
+        metrics.add_metric(MetricName.SLOT_UTILIZATION, MetricUnit.Percent, result.utilization)
+    logger.info(
+        "booking outcome",
+        extra={
+            "outcome": result.outcome,
+            "status": result.status,
+            "restaurantId": str(booking.restaurant_id),
+            "date": booking.date.isoformat(),
+            "time": booking.time,
+            "partySize": booking.party_size,
+            "source": booking.source,
+            "attempts": result.attempts,
+            "latencyMs": round(latency_ms, 2),
+        },
+    )
+
+
+@app.get(
+    "/bookings/<booking_id>",
+    summary="Read a booking",
+    responses={
+        200: {"description": "The booking", "content": {"application/json": {"model": BookingEnvelope}}},
+        404: _problem_content("No such booking for this API key"),
+    },
+)
+def get_booking(booking_id: str) -> Response[Any]:
+    body = service.get(_booking_uuid(booking_id), _tenant())
+    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+@app.delete(
+    "/bookings/<booking_id>",
+    summary="Cancel a booking",
+    responses={
+        200: {"description": "Cancelled (again: the same answer)",
+              "content": {"application/json": {"model": BookingEnvelope}}},
+        404: _problem_content("No such booking for this API key"),
+    },
+)
+def cancel_booking(booking_id: str) -> Response[Any]:
+    body = service.cancel(_booking_uuid(booking_id), _tenant())
+    if body["booking"]["status"] == "cancelled":
+        metrics.add_metric(MetricName.BOOKING_CANCELLED, MetricUnit.Count, 1)
+    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+@app.get(
+    "/restaurants/<restaurant_id>/availability",
+    summary="Bookable slots of a date",
+    responses={
+        200: {"description": "Every bookable slot", "content": {"application/json": {"model": Availability}}},
+        404: _problem_content("Unknown restaurant"),
+        422: _problem_content("Invalid date"),
+    },
+)
+def availability(restaurant_id: str, date: Annotated[dt.date, Query(description="YYYY-MM-DD")]) -> Response[Any]:
+    try:
+        rid = UUID(restaurant_id)
+    except ValueError:
+        raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurant_id}.") from None
+    body = service.availability(rid, date)
+    return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+def _tenant() -> str:
+    return tenant_of(app.current_event.request_context.raw_event)
+
+
+def _booking_uuid(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {value}.") from None
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(ProblemCode.VALIDATION_ERROR, f"{field}: {message}",
+                        extra={"errors": [{"field": field, "message": message}]})
+
+
+@app.exception_handler(ProblemError)
+def _on_problem(exc: ProblemError) -> Response[Any]:
+    return problem_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+def _on_validation(exc: RequestValidationError) -> Response[Any]:
+    return problem_response(validation_problem(exc.errors()))
+
+
+@app.not_found
+def _on_not_found(_: NotFoundError) -> Response[Any]:
+    return problem_response(ProblemError(ProblemCode.NOT_FOUND, "No such resource."))
+
+
+@app.exception_handler(Exception)
+def _on_error(exc: Exception) -> Response[Any]:
+    # Type and SQLSTATE only: a database error's text can quote a row, guest data included.
+    logger.error("unhandled error", extra={"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)})
+    return problem_response(ProblemError(ProblemCode.INTERNAL_ERROR, "An unexpected error occurred."))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,414 @@
+"""The booking service: one request in, one outcome out.
+
+Reads the slot's context (stored response, restaurant, rules, current usage) in one round trip,
+then either replays, refuses, or makes the guarded write. Transient database failures retry the
+whole unit with full-jitter backoff; the write is idempotent by its key, so a retry can never
+book twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time as _time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from capacity import repository as repo
+from capacity.db import Backoff, Database, DatabaseUnavailable, is_transient
+from capacity.idempotency import fingerprint
+from capacity.models import BookingRequest
+from capacity.outcomes import EventType, ProblemCode, ProblemError, problem_body
+from capacity.rules import Alternative, Capacity
+from capacity.settings import BookingSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    idempotency_key: str
+    run_id: str | None = None
+
+
+@dataclass
+class BookingResult:
+    """The answer to one booking request, and what the handler needs to report it."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+    outcome: EventType | None = None  # None for a replay: the original request recorded it
+    attempts: int = 1
+    conflicts: int = 0
+    overbook_prevented: bool = False
+    utilization: float | None = None  # percent of the slot's capacity booked, when finite
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RetryExhausted(ProblemError):
+    """503 after every attempt failed transiently; ``conflicts`` counts the retried failures."""
+
+    def __init__(self, detail: str, *, attempts: int, retry_after: int) -> None:
+        super().__init__(ProblemCode.RETRY_EXHAUSTED, detail, headers={"Retry-After": str(retry_after)})
+        self.attempts = attempts
+
+
+def format_time(value: dt.time) -> str:
+    return value.strftime("%H:%M")
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def booking_view(row: dict[str, Any]) -> dict[str, Any]:
+    """The public shape of a booking, from a ``bookings`` row."""
+    return {
+        "id": str(row["id"]),
+        "restaurantId": str(row["restaurant_id"]),
+        "date": row["booking_date"].isoformat(),
+        "time": format_time(row["booking_time"]),
+        "partySize": row["party_size"],
+        "status": row["status"],
+        "source": row["source"],
+        "createdAt": format_timestamp(row["created_at"]),
+    }
+
+
+def _alternatives(date: dt.date, alternatives: list[Alternative]) -> list[dict[str, Any]]:
+    return [
+        {"date": date.isoformat(), "time": format_time(a.time), "remainingCovers": a.remaining_covers}
+        for a in alternatives
+    ]
+
+
+class BookingService:
+    def __init__(
+        self,
+        db: Database,
+        settings: BookingSettings,
+        *,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        sleep: Callable[[float], None] = _time.sleep,
+        monotonic: Callable[[], float] = _time.monotonic,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self._now = now
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._backoff = backoff or Backoff(settings.backoff_base_ms, settings.backoff_cap_ms)
+
+    # -- POST /bookings ---------------------------------------------------------------------
+
+    def book(self, request: BookingRequest, caller: Caller) -> BookingResult:
+        fp = fingerprint(request)
+        deadline = self._monotonic() + self.settings.request_budget_ms / 1000
+        failures: list[str] = []  # SQLSTATE (or "connection") of each transient failure
+        duplicates = 0
+        while True:
+            attempt = len(failures) + 1
+            try:
+                return self._attempt(request, caller, fp, attempt, failures)
+            except repo.DuplicateKey:
+                # A concurrent request with this key committed first: the next read replays it.
+                duplicates += 1
+                if duplicates > 2:
+                    raise ProblemError(
+                        ProblemCode.IDEMPOTENCY_IN_PROGRESS,
+                        "A request with this Idempotency-Key is being processed; retry shortly.",
+                        headers={"Retry-After": str(self.settings.retry_after_s)},
+                    ) from None
+            except DatabaseUnavailable:
+                self.db.discard()
+                raise self._unavailable() from None
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
+                self.db.discard() if self._connection_lost(exc) else None
+                failures.append(getattr(exc, "sqlstate", None) or "connection")
+                delay = self._backoff.delay_s(len(failures))
+                if len(failures) >= self.settings.max_attempts or self._monotonic() + delay >= deadline:
+                    self._record_exhaustion(request, caller, failures)
+                    raise RetryExhausted(
+                        f"The booking could not be completed after {len(failures)} attempts; retry shortly.",
+                        attempts=len(failures),
+                        retry_after=self.settings.retry_after_s,
+                    ) from None
+                self._sleep(delay)
+
+    def _attempt(
+        self, request: BookingRequest, caller: Caller, fp: str, attempt: int, failures: list[str]
+    ) -> BookingResult:
+        conn = self.db.connection()
+        slot_time = request.slot_time
+        ctx = repo.load_booking_context(
+            conn,
+            tenant=caller.tenant,
+            key=caller.idempotency_key,
+            restaurant_id=request.restaurant_id,
+            date=request.date,
+            time=slot_time,
+        )
+        if ctx.stored is not None:
+            if ctx.stored.expired:
+                repo.delete_expired_key(conn, tenant=caller.tenant, key=caller.idempotency_key)
+            elif ctx.stored.fingerprint != fp:
+                raise ProblemError(
+                    ProblemCode.IDEMPOTENCY_KEY_REUSED,
+                    "This Idempotency-Key was already used with a different request body.",
+                )
+            else:
+                return self._replay(ctx.stored)
+        restaurant = ctx.restaurant
+        if restaurant is None:
+            raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {request.restaurant_id}.")
+        rules = restaurant.rules
+        if request.party_size > rules.max_party_size:
+            raise _field_error("partySize", f"must be at most {rules.max_party_size} for this restaurant")
+        if not rules.on_grid(slot_time):
+            raise ProblemError(
+                ProblemCode.INVALID_SLOT_TIME,
+                f"{request.time} is not on this restaurant's {rules.slot_minutes}-minute slot grid.",
+            )
+        local_now = self._now().astimezone(ZoneInfo(restaurant.timezone))
+        if (request.date, slot_time) < (local_now.date(), local_now.time()):
+            raise _field_error("date", "the slot is in the past")
+
+        capacity = rules.capacity(request.date, slot_time)
+        metadata = {
+            "restaurantId": str(request.restaurant_id),
+            "date": request.date.isoformat(),
+            "time": request.time,
+            "attempts": attempt,
+            "source": request.source,
+            "partySize": request.party_size,
+        }
+        if caller.run_id:
+            metadata["runId"] = caller.run_id
+        conflict_events = [
+            repo.Event(EventType.CONFLICT, {**metadata, "attempt": n, "error": code})
+            for n, code in enumerate(failures, start=1)
+        ]
+        if capacity.closed:
+            return self._refuse(request, caller, fp, restaurant, capacity, metadata, conflict_events, False)
+
+        now = self._now()
+        created_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        new = repo.NewBooking(
+            id=uuid.uuid4(),
+            restaurant_id=request.restaurant_id,
+            date=request.date,
+            time=slot_time,
+            party_size=request.party_size,
+            source=request.source,
+            tenant=caller.tenant,
+            idempotency_key=caller.idempotency_key,
+            run_id=caller.run_id,
+            guest_name=request.guest.name,
+            guest_email=request.guest.email,
+            guest_phone=request.guest.phone,
+            notes=request.notes,
+            created_at=created_at,
+        )
+        view = booking_view(
+            {
+                "id": new.id,
+                "restaurant_id": new.restaurant_id,
+                "booking_date": new.date,
+                "booking_time": new.time,
+                "party_size": new.party_size,
+                "status": "confirmed",
+                "source": new.source,
+                "created_at": created_at,
+            }
+        )
+        body = repo.book(
+            conn,
+            new,
+            max_covers=capacity.max_covers,
+            fingerprint=fp,
+            response_booking=view,
+            events=[*conflict_events, repo.Event(EventType.SUCCESS, {**metadata, "bookingId": str(new.id)})],
+            ttl_hours=self.settings.idempotency_ttl_hours,
+        )
+        if body is None:
+            # The guard refused. If our own read had seen room, a concurrent booking won the race.
+            lost_race = capacity.fits(ctx.booked_covers, request.party_size)
+            return self._refuse(request, caller, fp, restaurant, capacity, metadata, conflict_events, lost_race)
+        booked = body["capacity"]["bookedCovers"]
+        return BookingResult(
+            status=201,
+            body=body,
+            outcome=EventType.SUCCESS,
+            attempts=attempt,
+            conflicts=len(failures),
+            utilization=_utilization(booked, capacity.max_covers),
+            headers={"Location": f"/bookings/{new.id}"},
+        )
+
+    def _refuse(
+        self,
+        request: BookingRequest,
+        caller: Caller,
+        fp: str,
+        restaurant: repo.Restaurant,
+        capacity: Capacity,
+        metadata: dict[str, Any],
+        conflict_events: list[repo.Event],
+        lost_race: bool,
+    ) -> BookingResult:
+        conn = self.db.connection()
+        usage = repo.usage_of_date(conn, request.restaurant_id, request.date)
+        slot_time = request.slot_time
+        local_now = self._now().astimezone(ZoneInfo(restaurant.timezone))
+        not_before = local_now.time() if request.date == local_now.date() else None
+        alternatives = _alternatives(
+            request.date,
+            restaurant.rules.alternatives(request.date, slot_time, request.party_size, usage, not_before=not_before),
+        )
+        if capacity.closed:
+            body = problem_body(
+                ProblemCode.SLOT_CLOSED,
+                f"{request.date.isoformat()} {request.time} is not open for booking.",
+                alternatives=alternatives,
+            )
+            reason = "closed"
+        else:
+            booked_now = usage.get(slot_time, 0)
+            body = problem_body(
+                ProblemCode.CAPACITY_EXCEEDED,
+                f"{request.date.isoformat()} {request.time} cannot take a party of {request.party_size}.",
+                requested=request.party_size,
+                remainingCovers=capacity.remaining(booked_now),
+                alternatives=alternatives,
+            )
+            reason = "full"
+        events = [*conflict_events, repo.Event(EventType.CAPACITY_EXCEEDED, {**metadata, "reason": reason})]
+        if lost_race:
+            events.append(repo.Event(EventType.OVERBOOK_PREVENTED, dict(metadata)))
+        repo.refuse(
+            conn,
+            tenant=caller.tenant,
+            key=caller.idempotency_key,
+            fingerprint=fp,
+            restaurant_id=request.restaurant_id,
+            status_code=409,
+            response=body,
+            events=events,
+            ttl_hours=self.settings.idempotency_ttl_hours,
+        )
+        return BookingResult(
+            status=409,
+            body=body,
+            outcome=EventType.CAPACITY_EXCEEDED,
+            attempts=int(metadata["attempts"]),
+            conflicts=len(conflict_events),
+            overbook_prevented=lost_race,
+        )
+
+    def _replay(self, stored: repo.StoredResponse) -> BookingResult:
+        headers = {"Idempotent-Replayed": "true"}
+        if stored.status_code == 201:
+            headers["Location"] = f"/bookings/{stored.body['booking']['id']}"
+        return BookingResult(status=stored.status_code, body=stored.body, replayed=True, headers=headers)
+
+    def _record_exhaustion(self, request: BookingRequest, caller: Caller, failures: list[str]) -> None:
+        """Best effort: the database may be what failed. Nothing is stored under the key (5xx)."""
+        metadata: dict[str, Any] = {
+            "restaurantId": str(request.restaurant_id),
+            "date": request.date.isoformat(),
+            "time": request.time,
+            "attempts": len(failures),
+            "source": request.source,
+            "partySize": request.party_size,
+        }
+        if caller.run_id:
+            metadata["runId"] = caller.run_id
+        events = [
+            repo.Event(EventType.CONFLICT, {**metadata, "attempt": n, "error": code})
+            for n, code in enumerate(failures, start=1)
+        ]
+        events.append(repo.Event(EventType.RETRY_EXHAUSTED, {**metadata, "errors": failures}))
+        try:
+            repo.record_events(self.db.connection(), request.restaurant_id, events)
+        except (psycopg.Error, DatabaseUnavailable):
+            self.db.discard()
+
+    def _unavailable(self) -> ProblemError:
+        return ProblemError(
+            ProblemCode.SERVICE_UNAVAILABLE,
+            "The booking database is unreachable; retry shortly.",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
+
+    @staticmethod
+    def _connection_lost(exc: psycopg.Error) -> bool:
+        return isinstance(exc, psycopg.OperationalError)
+
+    # -- reads and cancel -------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[repo.DictConnection], Any]) -> Any:
+        """Reads and the cancel retry once on a lost connection; they are safe to repeat."""
+        for attempt in (1, 2):
+            try:
+                return fn(self.db.connection())
+            except DatabaseUnavailable:
+                self.db.discard()
+                raise self._unavailable() from None
+            except psycopg.Error as exc:
+                self.db.discard()
+                if attempt == 2 or not is_transient(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def availability(self, restaurant_id: UUID, date: dt.date) -> dict[str, Any]:
+        day = self._read(lambda conn: repo.load_day(conn, restaurant_id, date))
+        if day is None:
+            raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurant_id}.")
+        restaurant, usage = day
+        slots = []
+        for slot_time, capacity in restaurant.rules.bookable_slots(date):
+            booked = usage.get(slot_time, 0)
+            slots.append(
+                {
+                    "time": format_time(slot_time),
+                    "maxCovers": capacity.max_covers,
+                    "bookedCovers": booked,
+                    "remainingCovers": capacity.remaining(booked),
+                }
+            )
+        return {"restaurantId": str(restaurant_id), "date": date.isoformat(), "slots": slots}
+
+    def get(self, booking_id: UUID, tenant: str) -> dict[str, Any]:
+        row = self._read(lambda conn: repo.get_booking(conn, booking_id, tenant))
+        if row is None:
+            raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {booking_id}.")
+        return {"booking": booking_view(row)}
+
+    def cancel(self, booking_id: UUID, tenant: str) -> dict[str, Any]:
+        row = self._read(lambda conn: repo.cancel_booking(conn, booking_id, tenant))
+        if row is None:
+            # Already cancelled (a no-op that answers the same) or not this tenant's.
+            return self.get(booking_id, tenant)
+        return {"booking": booking_view(row)}
+
+
+def _field_error(field_name: str, message: str) -> ProblemError:
+    return ProblemError(
+        ProblemCode.VALIDATION_ERROR,
+        f"{field_name}: {message}",
+        extra={"errors": [{"field": field_name, "message": message}]},
+    )
+
+
+def _utilization(booked: int, max_covers: int | None) -> float | None:
+    if not max_covers:
+        return None
+    return round(100.0 * booked / max_covers, 2)

@@ -1,0 +1,110 @@
+"""The API's request and response models (pydantic 2). The OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
+PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-]{5,24}$"
+LOAD_TEST_SOURCE = "load-test"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Guest(_Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    email: EmailStr | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, pattern=PHONE_PATTERN)] | None = None
+
+
+class BookingRequest(_Strict):
+    restaurant_id: UUID = Field(alias="restaurantId")
+    date: dt.date
+    time: Annotated[str, StringConstraints(pattern=TIME_PATTERN)] = Field(description="HH:MM, local to the restaurant")
+    party_size: Annotated[int, Field(strict=True, ge=1, le=50)] = Field(alias="partySize")
+    guest: Guest
+    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)] = "api"
+    notes: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date_only(cls, value: object) -> object:
+        # pydantic would also take a datetime or a number; the contract says YYYY-MM-DD.
+        if not isinstance(value, str) or len(value) != 10:
+            raise ValueError("date must be YYYY-MM-DD")
+        return value
+
+    @property
+    def slot_time(self) -> dt.time:
+        return dt.time.fromisoformat(self.time)
+
+
+class CapacityView(BaseModel):
+    max_covers: int | None = Field(alias="maxCovers")
+    booked_covers: int = Field(alias="bookedCovers")
+    remaining_covers: int | None = Field(alias="remainingCovers")
+
+
+class BookingView(BaseModel):
+    id: UUID
+    restaurant_id: UUID = Field(alias="restaurantId")
+    date: dt.date
+    time: str
+    party_size: int = Field(alias="partySize")
+    status: Literal["confirmed", "cancelled"]
+    source: str
+    created_at: str = Field(alias="createdAt")
+
+
+class BookingCreated(BaseModel):
+    booking: BookingView
+    capacity: CapacityView
+
+
+class BookingEnvelope(BaseModel):
+    booking: BookingView
+
+
+class SlotAvailability(BaseModel):
+    time: str
+    max_covers: int | None = Field(alias="maxCovers")
+    booked_covers: int = Field(alias="bookedCovers")
+    remaining_covers: int | None = Field(alias="remainingCovers")
+
+
+class Availability(BaseModel):
+    restaurant_id: UUID = Field(alias="restaurantId")
+    date: dt.date
+    slots: list[SlotAvailability]
+
+
+class AlternativeSlot(BaseModel):
+    date: dt.date
+    time: str
+    remaining_covers: int | None = Field(alias="remainingCovers")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the contract's machine-readable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+    requested: int | None = None
+    remaining_covers: int | None = Field(default=None, alias="remainingCovers")
+    alternatives: list[AlternativeSlot] | None = None

@@ -1,0 +1,133 @@
+"""Outcome vocabulary in one place: event types, EMF metric names, problem+json codes.
+
+The template tests read ``MetricName`` to check that every alarm and dashboard widget uses a
+metric the code emits, so a metric is named here or nowhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    SUCCESS = "booking.success"
+    CAPACITY_EXCEEDED = "booking.capacity_exceeded"
+    RETRY_EXHAUSTED = "booking.retry_exhausted"
+    OVERBOOK_PREVENTED = "booking.overbook_prevented"
+    CONFLICT = "booking.conflict"
+    CANCELLED = "booking.cancelled"
+    OVERBOOK_DETECTED = "booking.overbook_detected"
+
+
+# The events that are a request's one outcome (the others ride along with it).
+OUTCOME_EVENTS = frozenset({EventType.SUCCESS, EventType.CAPACITY_EXCEEDED, EventType.RETRY_EXHAUSTED})
+
+
+class MetricName(StrEnum):
+    # booking path (functions/create_booking)
+    BOOKING_REQUESTS = "BookingRequests"
+    BOOKING_SUCCESS = "BookingSuccess"
+    CAPACITY_EXCEEDED = "BookingCapacityExceeded"
+    SLOT_CLOSED = "BookingSlotClosed"
+    RETRY_EXHAUSTED = "BookingRetryExhausted"
+    OVERBOOK_PREVENTED = "BookingOverbookPrevented"
+    CONFLICTS = "BookingConflicts"
+    IDEMPOTENT_REPLAYS = "IdempotentReplays"
+    SERVICE_UNAVAILABLE = "BookingServiceUnavailable"
+    BOOKING_LATENCY = "BookingLatency"
+    SLOT_UTILIZATION = "SlotUtilization"
+    BOOKING_CANCELLED = "BookingCancelled"
+    # scheduled functions (rollup_metrics, check_alerts)
+    ROLLUP_REQUESTS = "RollupRequests"
+    ROLLUP_SUCCESS_RATE = "RollupSuccessRate"
+    ROLLUP_CONFLICT_RATE = "RollupConflictRate"
+    ROLLUP_UTILIZATION = "RollupUtilization"
+    ROLLUP_ROWS = "RollupRows"
+    OVERBOOK_DETECTED = "OverbookDetected"
+    ALERTS_OPENED = "AlertsOpened"
+    ALERTS_RESOLVED = "AlertsResolved"
+    ALERT_DELIVERY_FAILURES = "AlertDeliveryFailures"
+
+
+class ProblemCode(StrEnum):
+    CAPACITY_EXCEEDED = "capacity_exceeded"
+    SLOT_CLOSED = "slot_closed"
+    IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    VALIDATION_ERROR = "validation_error"
+    INVALID_SLOT_TIME = "invalid_slot_time"
+    IDEMPOTENCY_KEY_MISSING = "idempotency_key_missing"
+    MALFORMED_REQUEST = "malformed_request"
+    FORBIDDEN = "forbidden"
+    RESTAURANT_NOT_FOUND = "restaurant_not_found"
+    BOOKING_NOT_FOUND = "booking_not_found"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    RETRY_EXHAUSTED = "retry_exhausted"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
+    ProblemCode.CAPACITY_EXCEEDED: (409, "Slot is full"),
+    ProblemCode.SLOT_CLOSED: (409, "Slot is closed"),
+    ProblemCode.IDEMPOTENCY_IN_PROGRESS: (409, "A request with this Idempotency-Key is in progress"),
+    ProblemCode.IDEMPOTENCY_KEY_REUSED: (422, "Idempotency-Key reused with a different request"),
+    ProblemCode.VALIDATION_ERROR: (422, "Invalid request"),
+    ProblemCode.INVALID_SLOT_TIME: (422, "Time is not on the slot grid"),
+    ProblemCode.IDEMPOTENCY_KEY_MISSING: (400, "Idempotency-Key header required"),
+    ProblemCode.MALFORMED_REQUEST: (400, "Malformed request"),
+    ProblemCode.FORBIDDEN: (403, "Forbidden"),
+    ProblemCode.RESTAURANT_NOT_FOUND: (404, "Restaurant not found"),
+    ProblemCode.BOOKING_NOT_FOUND: (404, "Booking not found"),
+    ProblemCode.NOT_FOUND: (404, "Not found"),
+    ProblemCode.METHOD_NOT_ALLOWED: (405, "Method not allowed"),
+    ProblemCode.PAYLOAD_TOO_LARGE: (413, "Payload too large"),
+    ProblemCode.RATE_LIMITED: (429, "Too many requests"),
+    ProblemCode.RETRY_EXHAUSTED: (503, "Temporarily unable to complete the booking"),
+    ProblemCode.SERVICE_UNAVAILABLE: (503, "Service unavailable"),
+    ProblemCode.INTERNAL_ERROR: (500, "Internal error"),
+}
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def problem_body(code: ProblemCode, detail: str, **extra: Any) -> dict[str, Any]:
+    status, title = PROBLEM_TITLES[code]
+    body: dict[str, Any] = {
+        "type": f"/problems/{code.value}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code.value,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None or k in _NULLABLE_EXTRAS})
+    return body
+
+
+# remainingCovers null means "unlimited" in a capacity answer, so it is kept when None.
+_NULLABLE_EXTRAS = frozenset({"remainingCovers"})
+
+
+@dataclass
+class ProblemError(Exception):
+    """A refusal the caller can act on; the handler turns it into problem+json."""
+
+    code: ProblemCode
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.code.value}: {self.detail}")
+
+    @property
+    def status(self) -> int:
+        return PROBLEM_TITLES[self.code][0]
+
+    def body(self) -> dict[str, Any]:
+        return problem_body(self.code, self.detail, **self.extra)

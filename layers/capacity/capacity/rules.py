@@ -1,0 +1,166 @@
+"""Capacity rules, as the contract states them (section 2). Pure: no I/O.
+
+Resolution for (restaurant, date, time), most specific first:
+  1. an override of that date whose [start, end) range holds the time — the narrowest range wins;
+  2. a whole-date override of that date;
+  3. the weekly rule of that ISO weekday whose [start, end) range holds the time.
+Nothing matches: the slot is closed. ``max_covers`` None means unlimited; 0 means closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+MAX_ALTERNATIVES = 5
+MINUTES_PER_DAY = 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class WeeklyRule:
+    weekday: int  # ISO 1 (Monday) .. 7 (Sunday)
+    start: dt.time
+    end: dt.time  # exclusive; 00:00 as end means end of day
+    max_covers: int | None
+
+    def holds(self, time: dt.time) -> bool:
+        return _in_range(time, self.start, self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    date: dt.date
+    max_covers: int | None
+    start: dt.time | None = None
+    end: dt.time | None = None
+    reason: str = ""
+
+    @property
+    def whole_date(self) -> bool:
+        return self.start is None or self.end is None
+
+    def holds(self, time: dt.time) -> bool:
+        if self.start is None or self.end is None:
+            return True
+        return _in_range(time, self.start, self.end)
+
+    def width_minutes(self) -> int:
+        if self.start is None or self.end is None:
+            return MINUTES_PER_DAY
+        return _end_minutes(self.end) - _minutes(self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """The capacity in force for one slot, and which rule put it there."""
+
+    max_covers: int | None  # None = unlimited
+    source: str  # "override", "date-override", "weekly" or "none"
+
+    @property
+    def closed(self) -> bool:
+        return self.max_covers == 0
+
+    def fits(self, booked_covers: int, party_size: int) -> bool:
+        if self.max_covers is None:
+            return True
+        return booked_covers + party_size <= self.max_covers
+
+    def remaining(self, booked_covers: int) -> int | None:
+        if self.max_covers is None:
+            return None
+        return max(self.max_covers - booked_covers, 0)
+
+
+CLOSED = Capacity(max_covers=0, source="none")
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    time: dt.time
+    remaining_covers: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RestaurantRules:
+    """Everything needed to resolve any slot of one restaurant (a date's worth is enough)."""
+
+    slot_minutes: int = 15
+    max_party_size: int = 50
+    weekly: Sequence[WeeklyRule] = field(default_factory=tuple)
+    overrides: Sequence[Override] = field(default_factory=tuple)
+
+    def on_grid(self, time: dt.time) -> bool:
+        return time.second == 0 and time.microsecond == 0 and _minutes(time) % self.slot_minutes == 0
+
+    def capacity(self, date: dt.date, time: dt.time) -> Capacity:
+        ranged = [o for o in self.overrides if o.date == date and not o.whole_date and o.holds(time)]
+        if ranged:
+            narrowest = min(ranged, key=Override.width_minutes)
+            return Capacity(narrowest.max_covers, "override")
+        for override in self.overrides:
+            if override.date == date and override.whole_date:
+                return Capacity(override.max_covers, "date-override")
+        weekday = date.isoweekday()
+        for rule in self.weekly:
+            if rule.weekday == weekday and rule.holds(time):
+                return Capacity(rule.max_covers, "weekly")
+        return CLOSED
+
+    def grid(self) -> list[dt.time]:
+        return [_time(m) for m in range(0, MINUTES_PER_DAY, self.slot_minutes)]
+
+    def bookable_slots(self, date: dt.date) -> list[tuple[dt.time, Capacity]]:
+        """Every slot of the date on the grid that is not closed, in time order."""
+        slots = ((t, self.capacity(date, t)) for t in self.grid())
+        return [(t, c) for t, c in slots if not c.closed]
+
+    def alternatives(
+        self,
+        date: dt.date,
+        requested: dt.time,
+        party_size: int,
+        booked: Mapping[dt.time, int],
+        *,
+        not_before: dt.time | None = None,
+        limit: int = MAX_ALTERNATIVES,
+    ) -> list[Alternative]:
+        """Up to ``limit`` other bookable slots of the same date that fit the party, nearest first.
+
+        Ties in distance go to the earlier slot. ``not_before`` drops slots already past.
+        """
+        target = _minutes(requested)
+        fitting = [
+            Alternative(t, c.remaining(booked.get(t, 0)))
+            for t, c in self.bookable_slots(date)
+            if t != requested
+            and (not_before is None or t >= not_before)
+            and c.fits(booked.get(t, 0), party_size)
+        ]
+        fitting.sort(key=lambda a: (abs(_minutes(a.time) - target), _minutes(a.time)))
+        return fitting[:limit]
+
+
+def weekly_rules_from_ranges(
+    weekdays: Iterable[int], start: dt.time, end: dt.time, max_covers: int | None
+) -> list[WeeklyRule]:
+    return [WeeklyRule(d, start, end, max_covers) for d in weekdays]
+
+
+def _minutes(time: dt.time) -> int:
+    return time.hour * 60 + time.minute
+
+
+def _end_minutes(end: dt.time) -> int:
+    # An end of 00:00 means midnight at the end of the day: [17:00, 00:00) is the evening.
+    minutes = _minutes(end)
+    return MINUTES_PER_DAY if minutes == 0 else minutes
+
+
+def _in_range(time: dt.time, start: dt.time, end: dt.time) -> bool:
+    return _minutes(start) <= _minutes(time) < _end_minutes(end)
+
+
+def _time(minutes: int) -> dt.time:
+    return dt.time(minutes // 60, minutes % 60)

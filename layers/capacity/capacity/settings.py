@@ -1,0 +1,94 @@
+"""Typed settings, read from the environment and validated once, at cold start.
+
+A setting that is present but invalid raises ``SettingsError`` with a one-line message naming
+the variable, so a misconfigured function fails at init rather than on some later request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """Every field's alias is its environment variable; empty counts as unset."""
+        source = os.environ if env is None else env
+        names = [f.alias for f in cls.model_fields.values() if f.alias]
+        values = {name: source[name] for name in names if source.get(name, "") != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            var = str(first["loc"][0]) if first["loc"] else cls.__name__
+            raise SettingsError(f"invalid setting {var}={values.get(var, '')!r}: {first['msg']}") from None
+
+
+class DatabaseSettings(_Settings):
+    environment: str = Field(default="dev", pattern=r"^[A-Za-z0-9_-]{1,32}$", alias="ENVIRONMENT")
+    service_name: str = Field(default="capacity-engine", alias="POWERTOOLS_SERVICE_NAME")
+    metrics_namespace: str = Field(default="CapacityEngine", alias="POWERTOOLS_METRICS_NAMESPACE")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    database_secret_arn: str | None = Field(default=None, alias="DATABASE_SECRET_ARN")
+    connect_timeout_s: int = Field(default=3, ge=1, le=30, alias="DB_CONNECT_TIMEOUT_SECONDS")
+    statement_timeout_ms: int = Field(default=3000, ge=100, le=60000, alias="DB_STATEMENT_TIMEOUT_MS")
+    lock_timeout_ms: int = Field(default=2000, ge=10, le=60000, alias="DB_LOCK_TIMEOUT_MS")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
+            raise ValueError("must be a postgresql:// URL or a libpq connection string")
+        return value
+
+
+class BookingSettings(DatabaseSettings):
+    max_attempts: int = Field(default=4, ge=1, le=10, alias="BOOKING_MAX_ATTEMPTS")
+    backoff_base_ms: int = Field(default=20, ge=1, le=5000, alias="BOOKING_BACKOFF_BASE_MS")
+    backoff_cap_ms: int = Field(default=400, ge=1, le=10000, alias="BOOKING_BACKOFF_CAP_MS")
+    # The whole request, retries included, must end well inside the Lambda timeout.
+    request_budget_ms: int = Field(default=8000, ge=100, le=60000, alias="BOOKING_REQUEST_BUDGET_MS")
+    idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30, alias="IDEMPOTENCY_TTL_HOURS")
+    retry_after_s: int = Field(default=1, ge=1, le=120, alias="RETRY_AFTER_SECONDS")
+
+
+class AlertSettings(DatabaseSettings):
+    alert_topic_arn: str | None = Field(default=None, alias="ALERT_TOPIC_ARN")
+    alert_webhook_url: str | None = Field(default=None, alias="ALERT_WEBHOOK_URL")
+    alert_webhook_secret_arn: str | None = Field(default=None, alias="ALERT_WEBHOOK_SECRET_ARN")
+    conflict_rate_threshold: float = Field(default=0.05, gt=0, le=1, alias="CONFLICT_RATE_THRESHOLD")
+    conflict_min_requests: int = Field(default=20, ge=1, alias="CONFLICT_MIN_REQUESTS")
+    retry_exhausted_threshold: int = Field(default=5, ge=1, alias="RETRY_EXHAUSTED_THRESHOLD")
+    alert_cooldown_minutes: int = Field(default=60, ge=1, alias="ALERT_COOLDOWN_MINUTES")
+    dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
+    runbook_url: str = Field(default="docs/capacity/testing-and-monitoring.md#runbook", alias="RUNBOOK_URL")
+    include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
+    reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
+    reconcile_future_days: int = Field(default=60, ge=0, le=366, alias="RECONCILE_FUTURE_DAYS")
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s):// URL")
+        return value
+
+
+class RollupSettings(DatabaseSettings):
+    rollup_hours: int = Field(default=3, ge=1, le=24 * 31, alias="ROLLUP_HOURS")
+
+
+@lru_cache(maxsize=1)
+def booking_settings() -> BookingSettings:
+    return BookingSettings.from_env()

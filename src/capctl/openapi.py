@@ -1,0 +1,35 @@
+"""docs/openapi.json is generated from the handler's own models; ``--check`` fails on drift."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from capctl.handlers import load_handler
+
+
+def generate() -> str:
+    module = load_handler("create_booking")
+    document = module.app.get_openapi_json_schema(
+        title="Capacity engine API",
+        version="1.0.0",
+        summary="Restaurant bookings that never overbook",
+        description="POST /bookings checks capacity and writes the booking atomically and idempotently. "
+        "Errors are RFC 9457 problem details with a machine-readable `code`.",
+    )
+    return json.dumps(json.loads(document), indent=2, sort_keys=True) + "\n"
+
+
+def write(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(generate())
+
+
+def check(path: Path) -> int:
+    current = path.read_text() if path.exists() else ""
+    if current != generate():
+        print(f"{path} is out of date: run `capctl openapi`", file=sys.stderr)
+        return 1
+    print(f"{path} matches the code")
+    return 0

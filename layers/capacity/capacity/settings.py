@@ -32,7 +32,8 @@ class _Settings(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             var = str(first["loc"][0]) if first["loc"] else cls.__name__
-            raise SettingsError(f"invalid setting {var}={values.get(var, '')!r}: {first['msg']}") from None
+            # The value is not echoed: it may hold a password (DATABASE_URL, webhook URLs).
+            raise SettingsError(f"invalid setting {var}: {first['msg']}") from None
 
 
 class DatabaseSettings(_Settings):
@@ -48,7 +49,7 @@ class DatabaseSettings(_Settings):
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
+        if value is not None and not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
             raise ValueError("must be a postgresql:// URL or a libpq connection string")
         return value
 

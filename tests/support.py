@@ -1,0 +1,63 @@
+"""Helpers for tests: the base seed, request bodies, API Gateway events, in-process invocation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from capctl.apigw import LambdaContext, rest_event
+
+# A restaurant every integration test can book: 17:00-22:00 daily, 20 covers, 15-minute slots.
+RESTAURANT_ID = "11111111-2222-4333-8444-555555555555"
+FUTURE_DATE = "2030-06-14"  # a Friday, well in the future
+BASE_SEED: dict[str, Any] = {
+    "restaurants": [
+        {
+            "id": RESTAURANT_ID,
+            "name": "Test Trattoria",
+            "timezone": "Europe/London",
+            "slotMinutes": 15,
+            "maxPartySize": 12,
+            "weekly": [{"weekdays": [1, 2, 3, 4, 5, 6, 7], "start": "17:00", "end": "22:00", "maxCovers": 20}],
+            "overrides": [
+                {"date": "2030-06-15", "start": "18:00", "end": "20:00", "maxCovers": 4, "reason": "private event"},
+                {"date": "2030-06-16", "maxCovers": 0, "reason": "closed"},
+                {"date": "2030-06-17", "maxCovers": None, "reason": "no limit"},
+            ],
+        }
+    ]
+}
+
+
+
+def booking_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "restaurantId": RESTAURANT_ID,
+        "date": FUTURE_DATE,
+        "time": "19:00",
+        "partySize": 2,
+        "guest": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0000"},
+        "source": "web",
+    }
+    body.update(overrides)
+    return body
+
+
+def post_booking_event(body: Any, *, key: str | None = "key-1", api_key: str = "tenant-a", **kw: Any) -> dict[str, Any]:
+    headers = [("Content-Type", "application/json"), ("x-api-key", api_key)]
+    if key is not None:
+        headers.append(("Idempotency-Key", key))
+    payload = body if isinstance(body, str) else json.dumps(body)
+    return rest_event("POST", "/bookings", headers=headers, body=payload, api_key=api_key,
+                      api_key_id=f"id-{api_key}", **kw)
+
+
+def invoke(module: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    """Invoke a handler as Lambda would; returns status, headers (last value wins), parsed body."""
+    result = module.lambda_handler(event, LambdaContext(function_name="CreateBookingFunction"))
+    headers: dict[str, str] = {}
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers[name] = values[-1]
+    headers.update(result.get("headers") or {})
+    body = json.loads(result["body"]) if result.get("body") else None
+    return result["statusCode"], headers, body

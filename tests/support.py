@@ -29,7 +29,6 @@ BASE_SEED: dict[str, Any] = {
 }
 
 
-
 def booking_body(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "restaurantId": RESTAURANT_ID,
@@ -48,8 +47,9 @@ def post_booking_event(body: Any, *, key: str | None = "key-1", api_key: str = "
     if key is not None:
         headers.append(("Idempotency-Key", key))
     payload = body if isinstance(body, str) else json.dumps(body)
-    return rest_event("POST", "/bookings", headers=headers, body=payload, api_key=api_key,
-                      api_key_id=f"id-{api_key}", **kw)
+    return rest_event(
+        "POST", "/bookings", headers=headers, body=payload, api_key=api_key, api_key_id=f"id-{api_key}", **kw
+    )
 
 
 def invoke(module: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:

@@ -19,6 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -52,8 +53,15 @@ _OUTCOME_METRIC = {
 }
 
 
-def _problem_content(description: str) -> dict[str, Any]:
+def _problem_content(description: str) -> OpenAPIResponse:
     return {"description": description, "content": {"application/problem+json": {"model": Problem}}}
+
+
+# Answered by API Gateway itself (or `capctl serve`) before the function runs.
+_GATEWAY_RESPONSES = {
+    403: _problem_content("Missing or invalid API key (code forbidden)"),
+    429: _problem_content("Throttled by the usage plan (code rate_limited), with Retry-After"),
+}
 
 
 @app.post(
@@ -66,6 +74,7 @@ def _problem_content(description: str) -> dict[str, Any]:
         409: _problem_content("Slot full or closed, or the same key is still in flight"),
         422: _problem_content("Invalid field, time off the slot grid, or key reused with another body"),
         503: _problem_content("Database unavailable or transient failures outlasted every retry"),
+        **_GATEWAY_RESPONSES,
     },
 )
 def create_booking(
@@ -80,8 +89,9 @@ def create_booking(
     if run_id is not None and not RUN_ID.fullmatch(run_id):
         raise _invalid("X-Run-Id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     started = time.perf_counter()
-    caller = Caller(tenant=tenant_of(app.current_event.request_context.raw_event), idempotency_key=idempotency_key,
-                    run_id=run_id)
+    caller = Caller(
+        tenant=tenant_of(app.current_event.request_context.raw_event), idempotency_key=idempotency_key, run_id=run_id
+    )
     metrics.add_metadata("restaurantId", str(booking.restaurant_id))
     try:
         result = service.book(booking, caller)
@@ -132,48 +142,57 @@ def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -
 
 
 @app.get(
-    "/bookings/<booking_id>",
+    "/bookings/<id>",
     summary="Read a booking",
     responses={
         200: {"description": "The booking", "content": {"application/json": {"model": BookingEnvelope}}},
         404: _problem_content("No such booking for this API key"),
+        **_GATEWAY_RESPONSES,
     },
 )
-def get_booking(booking_id: str) -> Response[Any]:
-    body = service.get(_booking_uuid(booking_id), _tenant())
+def get_booking(id: str) -> Response[Any]:
+    body = service.get(_booking_uuid(id), _tenant())
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
 @app.delete(
-    "/bookings/<booking_id>",
+    "/bookings/<id>",
     summary="Cancel a booking",
     responses={
-        200: {"description": "Cancelled (again: the same answer)",
-              "content": {"application/json": {"model": BookingEnvelope}}},
+        200: {
+            "description": "Cancelled (again: the same answer)",
+            "content": {"application/json": {"model": BookingEnvelope}},
+        },
         404: _problem_content("No such booking for this API key"),
+        **_GATEWAY_RESPONSES,
     },
 )
-def cancel_booking(booking_id: str) -> Response[Any]:
-    body = service.cancel(_booking_uuid(booking_id), _tenant())
+def cancel_booking(id: str) -> Response[Any]:
+    body = service.cancel(_booking_uuid(id), _tenant())
     if body["booking"]["status"] == "cancelled":
         metrics.add_metric(MetricName.BOOKING_CANCELLED, MetricUnit.Count, 1)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
 @app.get(
-    "/restaurants/<restaurant_id>/availability",
+    "/restaurants/<restaurantId>/availability",
     summary="Bookable slots of a date",
     responses={
         200: {"description": "Every bookable slot", "content": {"application/json": {"model": Availability}}},
         404: _problem_content("Unknown restaurant"),
         422: _problem_content("Invalid date"),
+        503: _problem_content("Database unavailable"),
+        **_GATEWAY_RESPONSES,
     },
 )
-def availability(restaurant_id: str, date: Annotated[dt.date, Query(description="YYYY-MM-DD")]) -> Response[Any]:
+def availability(
+    restaurantId: str,
+    date: Annotated[dt.date, Query(description="YYYY-MM-DD")],
+) -> Response[Any]:
     try:
-        rid = UUID(restaurant_id)
+        rid = UUID(restaurantId)
     except ValueError:
-        raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurant_id}.") from None
+        raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurantId}.") from None
     body = service.availability(rid, date)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
@@ -190,8 +209,9 @@ def _booking_uuid(value: str) -> UUID:
 
 
 def _invalid(field: str, message: str) -> ProblemError:
-    return ProblemError(ProblemCode.VALIDATION_ERROR, f"{field}: {message}",
-                        extra={"errors": [{"field": field, "message": message}]})
+    return ProblemError(
+        ProblemCode.VALIDATION_ERROR, f"{field}: {message}", extra={"errors": [{"field": field, "message": message}]}
+    )
 
 
 @app.exception_handler(ProblemError)

@@ -63,7 +63,7 @@ def rest_event(
     resource, path_params = matched if matched else (path, {})
     is_base64 = False
     text_body: str | None
-    if body is None or body == b"" or body == "":
+    if body is None or body in {b"", ""}:
         text_body = None
     elif isinstance(body, bytes):
         try:

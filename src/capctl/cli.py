@@ -66,27 +66,32 @@ def _seed(args: argparse.Namespace) -> int:
     seed = load_seed(Path(args.file))
     with database.connection() as conn:
         counts = apply_seed(conn, seed)
-    print(f"seeded {counts['restaurants']} restaurants, {counts['weekly']} weekly rules, "
-          f"{counts['overrides']} overrides")
+    print(
+        f"seeded {counts['restaurants']} restaurants, {counts['weekly']} weekly rules, {counts['overrides']} overrides"
+    )
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from capctl import database
-
     from capacity.reconcile import over_capacity, slot_states
+    from capctl import database
 
     with database.connection() as conn:
         states = slot_states(conn)
     over = over_capacity(states)
     if args.json:
-        print(json.dumps({"slots": len(states), "overCapacitySlots": [s.as_json() for s in over],
-                          "passed": not over}, indent=2))
+        print(
+            json.dumps(
+                {"slots": len(states), "overCapacitySlots": [s.as_json() for s in over], "passed": not over}, indent=2
+            )
+        )
     else:
         print(f"reconciled {len(states)} slots with confirmed bookings: {len(over)} over capacity")
         for s in over:
-            print(f"OVER CAPACITY {s.restaurant_id} {s.date} {s.time:%H:%M}: "
-                  f"{s.confirmed_covers} covers confirmed, max {s.max_covers}")
+            print(
+                f"OVER CAPACITY {s.restaurant_id} {s.date} {s.time:%H:%M}: "
+                f"{s.confirmed_covers} covers confirmed, max {s.max_covers}"
+            )
     return 1 if over else 0
 
 

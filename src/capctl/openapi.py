@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
 from capctl.handlers import load_handler
 
 
@@ -17,6 +19,8 @@ def generate() -> str:
         summary="Restaurant bookings that never overbook",
         description="POST /bookings checks capacity and writes the booking atomically and idempotently. "
         "Errors are RFC 9457 problem details with a machine-readable `code`.",
+        security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
+        security=[{"apiKey": []}],
     )
     return json.dumps(json.loads(document), indent=2, sort_keys=True) + "\n"
 

@@ -15,10 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from capctl.errors import UserError
-
 from capacity.db import DictConnection
 from capacity.models import TIME_PATTERN
+from capctl.errors import UserError
 
 Time = Annotated[str, Field(pattern=TIME_PATTERN)]
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from capacity import repository as repo
-from capacity.db import Backoff, Database, DatabaseUnavailable, is_transient
+from capacity.db import Backoff, Database, DatabaseUnavailable, DictConnection, is_transient
 from capacity.idempotency import fingerprint
 from capacity.models import BookingRequest
 from capacity.outcomes import EventType, ProblemCode, ProblemError, problem_body
@@ -354,7 +354,7 @@ class BookingService:
 
     # -- reads and cancel -------------------------------------------------------------------
 
-    def _read(self, fn: Callable[[repo.DictConnection], Any]) -> Any:
+    def _read(self, fn: Callable[[DictConnection], Any]) -> Any:
         """Reads and the cancel retry once on a lost connection; they are safe to repeat."""
         for attempt in (1, 2):
             try:

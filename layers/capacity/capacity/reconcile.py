@@ -56,7 +56,9 @@ _OVERRIDES = """SELECT restaurant_id, override_date, start_time, end_time, max_c
                  WHERE restaurant_id = ANY(%(ids)s::uuid[]) AND override_date = ANY(%(dates)s::date[])"""
 
 
-def load_rules(conn: DictConnection, restaurant_ids: Sequence[UUID], dates: Sequence[dt.date]) -> dict[UUID, RestaurantRules]:
+def load_rules(
+    conn: DictConnection, restaurant_ids: Sequence[UUID], dates: Sequence[dt.date]
+) -> dict[UUID, RestaurantRules]:
     """Rules of the given restaurants, with their overrides on the given dates."""
     ids = list(restaurant_ids)
     weekly: dict[UUID, list[WeeklyRule]] = defaultdict(list)
@@ -96,9 +98,7 @@ def slot_states(
     ).fetchall()
     if not rows:
         return []
-    rules = load_rules(
-        conn, sorted({r["restaurant_id"] for r in rows}), sorted({r["booking_date"] for r in rows})
-    )
+    rules = load_rules(conn, sorted({r["restaurant_id"] for r in rows}), sorted({r["booking_date"] for r in rows}))
     states = []
     for r in rows:
         restaurant_rules = rules.get(r["restaurant_id"], RestaurantRules())

@@ -196,9 +196,7 @@ def _time(value: str) -> dt.time:
 
 
 def _restaurant(row: dict[str, Any]) -> Restaurant:
-    weekly = tuple(
-        WeeklyRule(w["weekday"], _time(w["start"]), _time(w["end"]), w["maxCovers"]) for w in row["weekly"]
-    )
+    weekly = tuple(WeeklyRule(w["weekday"], _time(w["start"]), _time(w["end"]), w["maxCovers"]) for w in row["weekly"])
     overrides = tuple(
         Override(
             date=dt.date.fromisoformat(o["date"]),

@@ -10,7 +10,7 @@ Nothing matches: the slot is closed. ``max_covers`` None means unlimited; 0 mean
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 MAX_ALTERNATIVES = 5
@@ -134,18 +134,10 @@ class RestaurantRules:
         fitting = [
             Alternative(t, c.remaining(booked.get(t, 0)))
             for t, c in self.bookable_slots(date)
-            if t != requested
-            and (not_before is None or t >= not_before)
-            and c.fits(booked.get(t, 0), party_size)
+            if t != requested and (not_before is None or t >= not_before) and c.fits(booked.get(t, 0), party_size)
         ]
         fitting.sort(key=lambda a: (abs(_minutes(a.time) - target), _minutes(a.time)))
         return fitting[:limit]
-
-
-def weekly_rules_from_ranges(
-    weekdays: Iterable[int], start: dt.time, end: dt.time, max_covers: int | None
-) -> list[WeeklyRule]:
-    return [WeeklyRule(d, start, end, max_covers) for d in weekdays]
 
 
 def _minutes(time: dt.time) -> int:

@@ -1,0 +1,193 @@
+"""Refusals before and at the write, availability, reading and cancelling bookings, and what
+the handler emits (EMF metrics, logs) — without guest personal data."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from capctl.apigw import rest_event
+from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
+
+
+def events(conn: Any) -> Counter[str]:
+    return Counter(r["event_type"] for r in conn.execute("SELECT event_type FROM observability_events"))
+
+
+def get(path: str, api_key: str = "tenant-a", **kw: Any) -> dict[str, Any]:
+    return rest_event("GET", path, api_key=api_key, api_key_id=f"id-{api_key}", **kw)
+
+
+def delete(path: str, api_key: str = "tenant-a") -> dict[str, Any]:
+    return rest_event("DELETE", path, api_key=api_key, api_key_id=f"id-{api_key}")
+
+
+class TestRefusedBeforeTheWrite:
+    """4xx other than 409: nothing stored, no outcome event."""
+
+    @pytest.mark.parametrize(
+        ("body", "status", "code"),
+        [
+            (booking_body(time="19:10"), 422, "invalid_slot_time"),
+            (booking_body(restaurantId="00000000-0000-4000-8000-000000000000"), 404, "restaurant_not_found"),
+            (booking_body(partySize=13), 422, "validation_error"),
+            (booking_body(date="2020-01-03"), 422, "validation_error"),
+            (booking_body(partySize=0), 422, "validation_error"),
+            ("{not json", 400, "malformed_request"),
+            ("[1, 2]", 400, "malformed_request"),
+        ],
+    )
+    def test_refusals(self, booking_app, conn, body, status, code):
+        got_status, headers, got = invoke(booking_app, post_booking_event(body))
+        assert (got_status, got["code"]) == (status, code)
+        assert headers["Content-Type"] == "application/problem+json"
+        assert {"type", "title", "status", "detail", "code"} <= set(got) and got["status"] == status
+        assert events(conn) == {}
+        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
+
+    def test_party_above_the_restaurants_maximum_names_the_field(self, booking_app):
+        _, _, body = invoke(booking_app, post_booking_event(booking_body(partySize=13)))
+        assert body["errors"] == [{"field": "partySize", "message": "must be at most 12 for this restaurant"}]
+
+    def test_missing_idempotency_key(self, booking_app, conn):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(), key=None))
+        assert (status, body["code"]) == (400, "idempotency_key_missing")
+        assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 0
+
+    def test_invalid_idempotency_key(self, booking_app):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(), key="x" * 256))
+        assert (status, body["code"]) == (422, "validation_error")
+        assert body["errors"][0]["field"] == "Idempotency-Key"
+
+    def test_invalid_run_id(self, booking_app):
+        event = post_booking_event(booking_body())
+        event["multiValueHeaders"]["X-Run-Id"] = ["not valid!"]
+        status, _, body = invoke(booking_app, event)
+        assert (status, body["errors"][0]["field"]) == (422, "X-Run-Id")
+
+    def test_unknown_route_is_problem_json(self, booking_app):
+        status, headers, body = invoke(booking_app, get("/nowhere"))
+        assert (status, body["code"]) == (404, "not_found")
+        assert headers["Content-Type"] == "application/problem+json"
+
+
+class TestSlotRefusals:
+    def test_closed_date_is_slot_closed_and_records_capacity_exceeded(self, booking_app, conn):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date="2030-06-16")))
+        assert (status, body["code"]) == (409, "slot_closed") and body["alternatives"] == []
+        row = conn.execute("SELECT event_type, metadata FROM observability_events").fetchone()
+        assert row["event_type"] == "booking.capacity_exceeded" and row["metadata"]["reason"] == "closed"
+
+    def test_slot_not_offered_suggests_open_ones(self, booking_app, conn):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(time="12:00")))
+        assert (status, body["code"]) == (409, "slot_closed")
+        assert [a["time"] for a in body["alternatives"]] == ["17:00", "17:15", "17:30", "17:45", "18:00"]
+
+    def test_ranged_override_capacity_is_enforced(self, booking_app):
+        ok = invoke(
+            booking_app, post_booking_event(booking_body(date="2030-06-15", time="18:30", partySize=4), key="a")
+        )
+        assert ok[0] == 201 and ok[2]["capacity"] == {"maxCovers": 4, "bookedCovers": 4, "remainingCovers": 0}
+        full = invoke(booking_app, post_booking_event(booking_body(date="2030-06-15", time="18:30"), key="b"))
+        assert full[0] == 409 and full[2]["remainingCovers"] == 0
+        # the nearest alternatives are other override slots (4 covers each) before weekly ones
+        assert full[2]["alternatives"][0] == {"date": "2030-06-15", "time": "18:15", "remainingCovers": 4}
+
+    def test_unlimited_slot_books_with_null_capacity(self, booking_app):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date="2030-06-17", partySize=12)))
+        assert status == 201
+        assert body["capacity"] == {"maxCovers": None, "bookedCovers": 12, "remainingCovers": None}
+
+
+class TestReads:
+    def test_availability_lists_every_bookable_slot(self, booking_app):
+        invoke(booking_app, post_booking_event(booking_body(partySize=5)))
+        status, _, body = invoke(
+            booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": FUTURE_DATE})
+        )
+        assert status == 200 and body["restaurantId"] == RESTAURANT_ID and body["date"] == FUTURE_DATE
+        assert len(body["slots"]) == 20
+        by_time = {s["time"]: s for s in body["slots"]}
+        assert by_time["19:00"] == {"time": "19:00", "maxCovers": 20, "bookedCovers": 5, "remainingCovers": 15}
+        assert by_time["17:00"]["remainingCovers"] == 20
+
+    def test_availability_of_a_closed_or_unlimited_date(self, booking_app):
+        closed = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-16"}))
+        assert closed[0] == 200 and closed[2]["slots"] == []
+        unlimited = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-17"}))
+        assert len(unlimited[2]["slots"]) == 96 and unlimited[2]["slots"][0]["maxCovers"] is None
+
+    @pytest.mark.parametrize(
+        ("path", "query", "status", "code"),
+        [
+            (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "tomorrow"}, 422, "validation_error"),
+            (f"/restaurants/{RESTAURANT_ID}/availability", {}, 422, "validation_error"),
+            (
+                "/restaurants/00000000-0000-4000-8000-000000000000/availability",
+                {"date": FUTURE_DATE},
+                404,
+                "restaurant_not_found",
+            ),
+            ("/restaurants/not-a-uuid/availability", {"date": FUTURE_DATE}, 404, "restaurant_not_found"),
+        ],
+    )
+    def test_availability_errors(self, booking_app, path, query, status, code):
+        got = invoke(booking_app, get(path, query=query))
+        assert (got[0], got[2]["code"]) == (status, code)
+
+    def test_get_and_cancel_a_booking(self, booking_app, conn):
+        _, _, created = invoke(booking_app, post_booking_event(booking_body(partySize=6)))
+        booking_id = created["booking"]["id"]
+        status, _, body = invoke(booking_app, get(f"/bookings/{booking_id}"))
+        assert status == 200 and body == {"booking": created["booking"]}
+
+        status, _, body = invoke(booking_app, delete(f"/bookings/{booking_id}"))
+        assert status == 200 and body["booking"] == {**created["booking"], "status": "cancelled"}
+        assert conn.execute("SELECT booked_covers FROM slot_usage").fetchone()["booked_covers"] == 0
+        again = invoke(booking_app, delete(f"/bookings/{booking_id}"))
+        assert again[0] == 200 and again[2] == body
+        assert events(conn) == {"booking.success": 1, "booking.cancelled": 1}
+        # the freed covers can be booked again
+        full = invoke(booking_app, post_booking_event(booking_body(partySize=12), key="k2"))
+        assert full[0] == 201 and full[2]["capacity"]["bookedCovers"] == 12
+
+    def test_bookings_are_private_to_the_api_key_that_made_them(self, booking_app, conn):
+        _, _, created = invoke(booking_app, post_booking_event(booking_body()))
+        booking_id = created["booking"]["id"]
+        for event in (
+            get(f"/bookings/{booking_id}", api_key="tenant-b"),
+            delete(f"/bookings/{booking_id}", "tenant-b"),
+        ):
+            status, _, body = invoke(booking_app, event)
+            assert (status, body["code"]) == (404, "booking_not_found")
+        assert conn.execute("SELECT status FROM bookings").fetchone()["status"] == "confirmed"
+
+    @pytest.mark.parametrize("booking_id", ["not-a-uuid", "00000000-0000-4000-8000-000000000000"])
+    def test_unknown_booking(self, booking_app, booking_id):
+        assert invoke(booking_app, get(f"/bookings/{booking_id}"))[2]["code"] == "booking_not_found"
+
+
+class TestObservability:
+    def test_emf_metrics_and_logs_carry_no_guest_personal_data(self, booking_app, capsys):
+        invoke(booking_app, post_booking_event(booking_body(notes="allergic to nuts")))
+        out = capsys.readouterr()
+        text = out.out + out.err
+        for personal in ("Ada Lovelace", "ada@example.com", "7946", "allergic"):
+            assert personal not in text
+        emf = [json.loads(line) for line in out.out.splitlines() if '"_aws"' in line][-1]
+        directive = emf["_aws"]["CloudWatchMetrics"][0]
+        assert directive["Namespace"] == "CapacityEngineTest"
+        assert directive["Dimensions"] == [["environment", "service"]]
+        names = {m["Name"] for m in directive["Metrics"]}
+        assert {"BookingRequests", "BookingSuccess", "BookingLatency", "SlotUtilization", "BookingConflicts"} <= names
+        assert emf["restaurantId"] == RESTAURANT_ID and emf["SlotUtilization"] == [10.0]
+        assert emf["environment"] == "test" and emf["service"] == "capacity-engine"
+
+    def test_refusal_metrics(self, booking_app, capsys):
+        invoke(booking_app, post_booking_event(booking_body(date="2030-06-16")))
+        emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]
+        assert emf["BookingCapacityExceeded"] == [1.0] and emf["BookingSlotClosed"] == [1.0]
+        assert "BookingSuccess" not in emf

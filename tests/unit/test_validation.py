@@ -1,0 +1,220 @@
+"""Request validation (every field), problem+json mapping, idempotency keys and fingerprints,
+settings validated at cold start. No network, no database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from capacity.db import Backoff, is_transient
+from capacity.http import problem_response, validation_problem
+from capacity.idempotency import ANONYMOUS_TENANT, fingerprint, tenant_of, valid_key
+from capacity.models import BookingRequest
+from capacity.outcomes import PROBLEM_TITLES, ProblemCode, ProblemError, problem_body
+from capacity.settings import AlertSettings, BookingSettings, SettingsError
+from tests.support import booking_body
+
+
+def parse(**overrides: Any) -> BookingRequest:
+    return BookingRequest.model_validate(booking_body(**overrides))
+
+
+def errors_of(**overrides: Any) -> list[dict[str, str]]:
+    with pytest.raises(ValidationError) as info:
+        parse(**overrides)
+    problem = validation_problem(info.value.errors())
+    assert problem.code is ProblemCode.VALIDATION_ERROR
+    return problem.body()["errors"]
+
+
+def fields_of(**overrides: Any) -> set[str]:
+    return {e["field"] for e in errors_of(**overrides)}
+
+
+class TestBookingRequest:
+    def test_valid_body(self):
+        req = parse(notes="window seat")
+        assert req.party_size == 2 and req.source == "web" and req.slot_time.hour == 19
+
+    def test_source_defaults_to_api(self):
+        body = booking_body()
+        del body["source"]
+        assert BookingRequest.model_validate(body).source == "api"
+
+    @pytest.mark.parametrize("party", [0, 51, -1, 2.5, "2", True, None])
+    def test_party_size_is_an_integer_1_to_50(self, party):
+        assert fields_of(partySize=party) == {"partySize"}
+
+    @pytest.mark.parametrize("party", [1, 50])
+    def test_party_size_bounds_are_inclusive(self, party):
+        assert parse(partySize=party).party_size == party
+
+    @pytest.mark.parametrize("date", ["2030-6-14", "14/06/2030", "2030-02-30", 20300614, "2030-06-14T19:00:00"])
+    def test_date_is_yyyy_mm_dd(self, date):
+        assert fields_of(date=date) == {"date"}
+
+    @pytest.mark.parametrize("time", ["7pm", "19:00:00", "24:00", "19:60", "9:00", 1900])
+    def test_time_is_hh_mm(self, time):
+        assert fields_of(time=time) == {"time"}
+
+    def test_restaurant_id_is_a_uuid(self):
+        assert fields_of(restaurantId="trattoria") == {"restaurantId"}
+
+    def test_guest_name_required_and_not_blank(self):
+        assert fields_of(guest={"email": "a@example.com"}) == {"guest.name"}
+        assert fields_of(guest={"name": "   "}) == {"guest.name"}
+
+    def test_guest_email_and_phone_are_validated_but_optional(self):
+        assert parse(guest={"name": "Ada"}).guest.email is None
+        assert fields_of(guest={"name": "Ada", "email": "not-an-email"}) == {"guest.email"}
+        assert fields_of(guest={"name": "Ada", "phone": "call me"}) == {"guest.phone"}
+
+    def test_notes_at_most_1000_characters(self):
+        assert parse(notes="x" * 1000).notes
+        assert fields_of(notes="x" * 1001) == {"notes"}
+
+    def test_source_is_a_short_slug(self):
+        assert parse(source="load-test").source == "load-test"
+        assert fields_of(source="Web Site!") == {"source"}
+
+    def test_unknown_fields_are_rejected_at_every_level(self):
+        errs = errors_of(tableNumber=4, guest={"name": "Ada", "vip": True})
+        assert {e["field"]: e["message"] for e in errs} == {
+            "tableNumber": "unknown field",
+            "guest.vip": "unknown field",
+        }
+
+    def test_every_failing_field_is_listed(self):
+        assert fields_of(partySize=0, time="7pm", date="soon") == {"partySize", "time", "date"}
+
+    def test_errors_never_echo_the_input(self):
+        errs = errors_of(guest={"name": "Ada", "email": "ada-secret-address"})
+        assert "ada-secret-address" not in json.dumps(errs)
+
+
+class TestProblems:
+    def test_malformed_json_is_400(self):
+        err = [{"type": "json_invalid", "loc": ("body", 1), "msg": "JSON decode error"}]
+        assert validation_problem(err).code is ProblemCode.MALFORMED_REQUEST
+
+    def test_missing_or_non_object_body_is_400(self):
+        assert validation_problem([{"type": "missing", "loc": ("body",), "msg": "x"}]).status == 400
+        assert validation_problem([{"type": "model_attributes_type", "loc": ("body",), "msg": "x"}]).status == 400
+
+    def test_problem_body_has_the_rfc9457_members_and_code(self):
+        body = problem_body(ProblemCode.CAPACITY_EXCEEDED, "full", requested=4, remainingCovers=None, other=None)
+        assert body == {
+            "type": "/problems/capacity_exceeded",
+            "title": "Slot is full",
+            "status": 409,
+            "detail": "full",
+            "code": "capacity_exceeded",
+            "requested": 4,
+            "remainingCovers": None,
+        }
+
+    def test_problem_response_is_problem_json_with_headers(self):
+        exc = ProblemError(ProblemCode.RATE_LIMITED, "slow down", headers={"Retry-After": "2"})
+        response = problem_response(exc)
+        assert response.status_code == 429
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.headers["Retry-After"] == "2"
+        assert json.loads(str(response.body))["code"] == "rate_limited"
+        assert str(exc) == "rate_limited: slow down"
+
+    def test_every_code_has_a_status(self):
+        assert set(PROBLEM_TITLES) == set(ProblemCode)
+
+
+class TestIdempotency:
+    @pytest.mark.parametrize(
+        ("key", "ok"),
+        [
+            ("a", True),
+            ("x" * 255, True),
+            ("x" * 256, False),
+            ("", False),
+            ("has space", False),
+            ("tab\t", False),
+            ("é", False),
+            (None, False),
+        ],
+    )
+    def test_key_is_1_to_255_visible_ascii(self, key, ok):
+        assert valid_key(key) is ok
+
+    def test_fingerprint_ignores_key_order_and_omitted_defaults(self):
+        body = booking_body(source="api")
+        reordered = dict(reversed(list(body.items())))
+        del reordered["source"]
+        assert fingerprint(BookingRequest.model_validate(body)) == fingerprint(BookingRequest.model_validate(reordered))
+
+    def test_fingerprint_changes_with_the_request(self):
+        assert fingerprint(parse()) != fingerprint(parse(partySize=3))
+
+    def test_tenant_is_the_api_key_id_or_a_digest_of_the_key(self):
+        assert tenant_of({"identity": {"apiKeyId": "abc", "apiKey": "secret"}}) == "abc"
+        digest = tenant_of({"identity": {"apiKey": "secret"}})
+        assert digest.startswith("key-sha256:") and "secret" not in digest
+        assert digest != tenant_of({"identity": {"apiKey": "other"}})
+        assert tenant_of({}) == ANONYMOUS_TENANT
+
+
+class TestSettings:
+    def test_defaults(self):
+        s = BookingSettings.from_env({})
+        assert (s.max_attempts, s.environment, s.idempotency_ttl_hours) == (4, "dev", 24)
+        a = AlertSettings.from_env({})
+        assert (a.conflict_rate_threshold, a.conflict_min_requests, a.alert_cooldown_minutes) == (0.05, 20, 60)
+        assert a.alert_webhook_url is None
+
+    def test_values_from_the_environment(self):
+        s = BookingSettings.from_env(
+            {"BOOKING_MAX_ATTEMPTS": "6", "DATABASE_URL": "postgresql://h/db", "ENVIRONMENT": ""}
+        )
+        assert s.max_attempts == 6 and s.database_url == "postgresql://h/db" and s.environment == "dev"
+
+    @pytest.mark.parametrize(
+        ("env", "var"),
+        [
+            ({"BOOKING_MAX_ATTEMPTS": "many"}, "BOOKING_MAX_ATTEMPTS"),
+            ({"BOOKING_MAX_ATTEMPTS": "0"}, "BOOKING_MAX_ATTEMPTS"),
+            ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+            ({"IDEMPOTENCY_TTL_HOURS": "1"}, "IDEMPOTENCY_TTL_HOURS"),
+        ],
+    )
+    def test_invalid_setting_stops_with_the_variable_named(self, env, var):
+        with pytest.raises(SettingsError, match=f"^invalid setting {var}: "):
+            BookingSettings.from_env(env)
+
+    def test_invalid_alert_settings(self):
+        with pytest.raises(SettingsError, match="CONFLICT_RATE_THRESHOLD"):
+            AlertSettings.from_env({"CONFLICT_RATE_THRESHOLD": "5%"})
+        with pytest.raises(SettingsError, match="ALERT_WEBHOOK_URL"):
+            AlertSettings.from_env({"ALERT_WEBHOOK_URL": "hooks.example.com/x"})
+
+    def test_secret_values_are_not_echoed(self):
+        with pytest.raises(SettingsError) as info:
+            BookingSettings.from_env({"DATABASE_URL": "mysql://user:hunter2@h/db"})
+        assert "hunter2" not in str(info.value)
+
+
+class TestRetryPolicy:
+    def test_full_jitter_backoff_is_bounded_by_an_exponential_cap(self):
+        top = Backoff(base_ms=20, cap_ms=400, rand=lambda lo, hi: hi)
+        assert [top.delay_s(n) for n in (1, 2, 3, 4, 5, 6)] == [0.02, 0.04, 0.08, 0.16, 0.32, 0.4]
+        assert Backoff(base_ms=20, cap_ms=400, rand=lambda lo, hi: lo).delay_s(3) == 0
+
+    def test_transient_errors(self):
+        from psycopg import OperationalError, errors
+
+        assert is_transient(errors.SerializationFailure())
+        assert is_transient(errors.DeadlockDetected())
+        assert is_transient(errors.LockNotAvailable())
+        assert is_transient(OperationalError("server closed the connection unexpectedly"))
+        assert not is_transient(errors.UniqueViolation())
+        assert not is_transient(errors.UndefinedTable())
+        assert not is_transient(ValueError())

@@ -61,3 +61,14 @@ def invoke(module: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any
     headers.update(result.get("headers") or {})
     body = json.loads(result["body"]) if result.get("body") else None
     return result["statusCode"], headers, body
+
+
+def with_header(event: dict[str, Any], name: str, value: str) -> dict[str, Any]:
+    """Set a header in both of the event's header maps, as API Gateway would."""
+    event["headers"] = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != name.lower()}
+    event["multiValueHeaders"] = {
+        k: v for k, v in (event.get("multiValueHeaders") or {}).items() if k.lower() != name.lower()
+    }
+    event["headers"][name] = value
+    event["multiValueHeaders"][name] = [value]
+    return event

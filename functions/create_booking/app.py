@@ -17,7 +17,10 @@ from uuid import UUID
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
@@ -222,6 +225,11 @@ def _on_problem(exc: ProblemError) -> Response[Any]:
 @app.exception_handler(RequestValidationError)
 def _on_validation(exc: RequestValidationError) -> Response[Any]:
     return problem_response(validation_problem(exc.errors()))
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def _on_content_type(_: RequestUnsupportedContentType) -> Response[Any]:
+    return problem_response(ProblemError(ProblemCode.MALFORMED_REQUEST, "Content-Type must be application/json."))
 
 
 @app.not_found

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from capctl.apigw import rest_event
-from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
+from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event, with_header
 
 
 def events(conn: Any) -> Counter[str]:
@@ -38,6 +38,7 @@ class TestRefusedBeforeTheWrite:
             (booking_body(partySize=0), 422, "validation_error"),
             ("{not json", 400, "malformed_request"),
             ("[1, 2]", 400, "malformed_request"),
+            (booking_body(guest="Ada"), 422, "validation_error"),
         ],
     )
     def test_refusals(self, booking_app, conn, body, status, code):
@@ -52,6 +53,13 @@ class TestRefusedBeforeTheWrite:
         _, _, body = invoke(booking_app, post_booking_event(booking_body(partySize=13)))
         assert body["errors"] == [{"field": "partySize", "message": "must be at most 12 for this restaurant"}]
 
+    def test_a_body_that_is_not_json_is_malformed(self, booking_app):
+        event = post_booking_event(booking_body())
+        with_header(event, "Content-Type", "text/plain")
+        status, headers, body = invoke(booking_app, event)
+        assert (status, body["code"]) == (400, "malformed_request")
+        assert headers["Content-Type"] == "application/problem+json"
+
     def test_missing_idempotency_key(self, booking_app, conn):
         status, _, body = invoke(booking_app, post_booking_event(booking_body(), key=None))
         assert (status, body["code"]) == (400, "idempotency_key_missing")
@@ -64,7 +72,7 @@ class TestRefusedBeforeTheWrite:
 
     def test_invalid_run_id(self, booking_app):
         event = post_booking_event(booking_body())
-        event["multiValueHeaders"]["X-Run-Id"] = ["not valid!"]
+        with_header(event, "X-Run-Id", "not valid!")
         status, _, body = invoke(booking_app, event)
         assert (status, body["errors"][0]["field"]) == (422, "X-Run-Id")
 
@@ -171,10 +179,12 @@ class TestReads:
 
 
 class TestObservability:
-    def test_emf_metrics_and_logs_carry_no_guest_personal_data(self, booking_app, capsys):
+    def test_emf_metrics_and_logs_carry_no_guest_personal_data(self, booking_app, capsys, caplog):
         invoke(booking_app, post_booking_event(booking_body(notes="allergic to nuts")))
         out = capsys.readouterr()
-        text = out.out + out.err
+        logged = [vars(r) for r in caplog.records]
+        assert any(r.get("outcome") == "booking.success" and r.get("partySize") == 2 for r in logged)
+        text = out.out + out.err + repr(logged)
         for personal in ("Ada Lovelace", "ada@example.com", "7946", "allergic"):
             assert personal not in text
         emf = [json.loads(line) for line in out.out.splitlines() if '"_aws"' in line][-1]

@@ -131,7 +131,8 @@ class BookingService:
             except psycopg.Error as exc:
                 if not is_transient(exc):
                     raise
-                self.db.discard() if self._connection_lost(exc) else None
+                if isinstance(exc, psycopg.OperationalError):  # the connection may be gone
+                    self.db.discard()
                 failures.append(getattr(exc, "sqlstate", None) or "connection")
                 delay = self._backoff.delay_s(len(failures))
                 if len(failures) >= self.settings.max_attempts or self._monotonic() + delay >= deadline:
@@ -347,10 +348,6 @@ class BookingService:
             "The booking database is unreachable; retry shortly.",
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
-
-    @staticmethod
-    def _connection_lost(exc: psycopg.Error) -> bool:
-        return isinstance(exc, psycopg.OperationalError)
 
     # -- reads and cancel -------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def validation_problem(errors: Sequence[Any]) -> ProblemError:
         loc = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid" or (err.get("type") == "missing" and loc == ("body",)):
             return ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body must be a JSON object.")
-        if err.get("type") == "model_attributes_type" and loc[:1] == ("body",) and len(loc) <= 2:
+        if err.get("type") in ("model_attributes_type", "model_type") and loc == ("body",):
             return ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body must be a JSON object.")
     fields = [{"field": _field_name(err.get("loc", ())), "message": _message(err)} for err in errors]
     detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)

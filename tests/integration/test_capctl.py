@@ -1,0 +1,250 @@
+"""The command line: migrations, seed, verify, db up/down, OpenAPI drift — one-line errors,
+no tracebacks, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capctl import cli
+from capctl.migrate import migrate
+from capctl.openapi import generate
+from tests.support import BASE_SEED, FUTURE_DATE, RESTAURANT_ID
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def on_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    return db_url
+
+
+def write_seed(tmp_path: Path, data: Any) -> str:
+    path = tmp_path / "seed.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+class TestMigrate:
+    def test_migrate_is_idempotent(self, on_db, conn, capsys):
+        assert run(capsys, "db", "migrate") == (0, "schema is up to date\n", "")
+        assert migrate(conn) == []
+        versions = [r["version"] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+        assert versions[0] == 1 and versions == sorted(set(versions))
+
+    def test_contract_columns_exist(self, conn):
+        columns = {
+            (r["table_name"], r["column_name"]): r["data_type"]
+            for r in conn.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public'"
+            )
+        }
+        expected = {
+            ("bookings", "id"): "uuid",
+            ("bookings", "restaurant_id"): "uuid",
+            ("bookings", "booking_date"): "date",
+            ("bookings", "booking_time"): "time without time zone",
+            ("bookings", "party_size"): "integer",
+            ("bookings", "status"): "text",
+            ("bookings", "source"): "text",
+            ("bookings", "idempotency_key"): "text",
+            ("bookings", "created_at"): "timestamp with time zone",
+            ("observability_events", "event_type"): "text",
+            ("observability_events", "restaurant_id"): "uuid",
+            ("observability_events", "occurred_at"): "timestamp with time zone",
+            ("observability_events", "metadata"): "jsonb",
+        }
+        assert {k: columns.get(k) for k in expected} == expected
+        assert ("observability_events", "id") in columns
+
+    def test_no_database_is_a_one_line_error(self, monkeypatch, tmp_path, capsys):
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.setenv("CAPCTL_HOME", str(tmp_path))
+        code, out, err = run(capsys, "db", "migrate")
+        assert code == 2 and err == "capctl: error: no database: set DATABASE_URL or run `capctl db up` first\n"
+
+    def test_unreachable_database_is_a_one_line_error(self, monkeypatch, capsys):
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres?connect_timeout=1")
+        code, _, err = run(capsys, "verify")
+        assert code == 2 and err.startswith("capctl: error: cannot connect to the database") and err.count("\n") == 1
+
+
+class TestSeed:
+    def test_seed_twice_updates_and_never_duplicates(self, on_db, conn, tmp_path, capsys):
+        path = write_seed(tmp_path, BASE_SEED)
+        assert run(capsys, "seed", path)[0] == 0
+        changed = json.loads(json.dumps(BASE_SEED))
+        changed["restaurants"][0]["name"] = "Renamed"
+        changed["restaurants"][0]["overrides"] = changed["restaurants"][0]["overrides"][:1]
+        code, out, _ = run(capsys, "seed", write_seed(tmp_path, changed))
+        assert code == 0 and out == "seeded 1 restaurants, 7 weekly rules, 1 overrides\n"
+        assert conn.execute("SELECT name FROM restaurants").fetchall() == [{"name": "Renamed"}]
+        assert conn.execute("SELECT count(*) AS n FROM weekly_rules").fetchone()["n"] == 7
+        assert conn.execute("SELECT count(*) AS n FROM capacity_overrides").fetchone()["n"] == 1
+
+    def test_the_contract_example_seeds(self, on_db, conn, capsys):
+        assert run(capsys, "seed", str(ROOT / "load" / "seed.json"))[0] == 0
+        row = conn.execute(
+            "SELECT max_covers, start_time::text FROM capacity_overrides WHERE override_date = '2026-12-24'"
+        ).fetchone()
+        assert row == {"max_covers": 10, "start_time": "18:00:00"}
+        unlimited = conn.execute("SELECT max_covers FROM capacity_overrides WHERE override_date = '2026-12-31'")
+        assert {r["max_covers"] for r in unlimited} == {None, 60}
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            ("{nope", "not valid JSON"),
+            ({"restaurants": []}, "restaurants: List should have at least 1 item"),
+            ({"restaurants": [{"id": "x", "name": "A"}]}, "restaurants.0.id"),
+            ({"restaurants": [{"id": RESTAURANT_ID, "name": "A", "timezone": "Mars/Olympus"}]}, "unknown time zone"),
+            ({"restaurants": [{"id": RESTAURANT_ID, "name": "A", "slotMinutes": 7}]}, "slotMinutes"),
+            (
+                {
+                    "restaurants": [
+                        {
+                            "id": RESTAURANT_ID,
+                            "name": "A",
+                            "weekly": [{"weekdays": [8], "start": "17:00", "end": "22:00", "maxCovers": 1}],
+                        }
+                    ]
+                },
+                "weekdays.0",
+            ),
+            (
+                {
+                    "restaurants": [
+                        {
+                            "id": RESTAURANT_ID,
+                            "name": "A",
+                            "weekly": [{"weekdays": [1], "start": "22:00", "end": "17:00", "maxCovers": 1}],
+                        }
+                    ]
+                },
+                "must be after start",
+            ),
+            (
+                {
+                    "restaurants": [
+                        {
+                            "id": RESTAURANT_ID,
+                            "name": "A",
+                            "overrides": [{"date": FUTURE_DATE, "start": "18:00", "maxCovers": 1}],
+                        }
+                    ]
+                },
+                "give both start and end",
+            ),
+            ({"restaurants": [{"id": RESTAURANT_ID, "name": "A", "surprise": 1}]}, "Extra inputs are not permitted"),
+        ],
+    )
+    def test_bad_seed_is_one_line_and_changes_nothing(self, on_db, conn, tmp_path, capsys, data, message):
+        code, out, err = run(capsys, "seed", write_seed(tmp_path, data))
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+        assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
+
+    def test_missing_file(self, on_db, capsys):
+        code, _, err = run(capsys, "seed", "/nonexistent/seed.json")
+        assert code == 2 and "seed file not found" in err
+
+
+class TestVerify:
+    def plant(self, conn: Any, covers: list[int], time: str = "19:00") -> None:
+        # Only the contract's columns, as an outside checker would write them.
+        for n, party in enumerate(covers):
+            conn.execute(
+                "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source, "
+                "idempotency_key, created_at) VALUES (gen_random_uuid(), %s, %s, %s, %s, 'confirmed', 'api', %s, now())",
+                (RESTAURANT_ID, FUTURE_DATE, time, party, f"planted-{time}-{n}"),
+            )
+
+    def test_verify_passes_when_every_slot_fits(self, on_db, conn, seed, capsys):
+        seed(BASE_SEED)
+        self.plant(conn, [10, 10])
+        code, out, _ = run(capsys, "verify")
+        assert code == 0 and out == "reconciled 1 slots with confirmed bookings: 0 over capacity\n"
+
+    def test_verify_catches_a_slot_planted_over_capacity(self, on_db, conn, seed, capsys):
+        seed(BASE_SEED)
+        self.plant(conn, [12, 9])
+        self.plant(conn, [4], time="18:00")
+        code, out, _ = run(capsys, "verify")
+        assert code == 1
+        assert f"OVER CAPACITY {RESTAURANT_ID} {FUTURE_DATE} 19:00: 21 covers confirmed, max 20" in out
+        code, out, _ = run(capsys, "verify", "--json")
+        report = json.loads(out)
+        assert code == 1 and report["passed"] is False and report["slots"] == 2
+        assert report["overCapacitySlots"] == [
+            {
+                "restaurantId": RESTAURANT_ID,
+                "date": FUTURE_DATE,
+                "time": "19:00",
+                "maxCovers": 20,
+                "confirmedCovers": 21,
+                "bookings": 2,
+            }
+        ]
+
+    def test_cancelled_bookings_do_not_count_and_closed_slots_hold_none(self, on_db, conn, seed, capsys):
+        seed(BASE_SEED)
+        self.plant(conn, [12, 9])
+        conn.execute("UPDATE bookings SET status = 'cancelled' WHERE party_size = 9")
+        assert run(capsys, "verify")[0] == 0
+        conn.execute(
+            "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source) "
+            "VALUES (gen_random_uuid(), %s, '2030-06-16', '19:00', 1, 'confirmed', 'api')",
+            (RESTAURANT_ID,),
+        )
+        code, out, _ = run(capsys, "verify")
+        assert code == 1 and "2030-06-16 19:00: 1 covers confirmed, max 0" in out
+
+
+class TestEmbeddedServer:
+    def test_db_up_migrates_prints_the_url_and_down_stops_it(self, tmp_path, monkeypatch):
+        env = {"CAPCTL_HOME": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
+        capctl = [sys.executable, "-m", "capctl.cli"]
+        up = subprocess.run([*capctl, "db", "up"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        try:
+            assert up.returncode == 0, up.stderr
+            url = up.stdout.strip()
+            assert url.startswith("postgresql://")
+            verify = subprocess.run(
+                [*capctl, "verify"], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+            assert verify.returncode == 0 and "0 over capacity" in verify.stdout
+            again = subprocess.run(
+                [*capctl, "db", "up"], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+            assert again.returncode == 0 and again.stdout.strip() == url
+        finally:
+            down = subprocess.run(
+                [*capctl, "db", "down"], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+        assert down.returncode == 0 and down.stdout == "stopped the embedded PostgreSQL\n"
+        after = subprocess.run([*capctl, "verify"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert after.returncode == 2 and "run `capctl db up`" in after.stderr
+
+
+def test_openapi_document_matches_the_code():
+    assert (ROOT / "docs" / "openapi.json").read_text() == generate(), "run `capctl openapi`"
+
+
+def test_help_for_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("db", "seed", "serve", "load", "verify", "rollup", "check-alerts", "demo", "cleanup"):
+        assert command in out

@@ -72,7 +72,7 @@ class TestMigrate:
     def test_no_database_is_a_one_line_error(self, monkeypatch, tmp_path, capsys):
         monkeypatch.delenv("DATABASE_URL", raising=False)
         monkeypatch.setenv("CAPCTL_HOME", str(tmp_path))
-        code, out, err = run(capsys, "db", "migrate")
+        code, _, err = run(capsys, "db", "migrate")
         assert code == 2 and err == "capctl: error: no database: set DATABASE_URL or run `capctl db up` first\n"
 
     def test_unreachable_database_is_a_one_line_error(self, monkeypatch, capsys):

@@ -29,9 +29,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
 from capacity.db import Database
-from capacity.http import problem_response, validation_problem
+from capacity.http import problem_response, problem_result, validation_problem
 from capacity.idempotency import tenant_of, valid_key
-from capacity.models import Availability, BookingCreated, BookingEnvelope, BookingRequest, Problem
+from capacity.models import LOAD_TEST_SOURCE, Availability, BookingCreated, BookingEnvelope, BookingRequest, Problem
 from capacity.outcomes import EventType, MetricName, ProblemCode, ProblemError
 from capacity.settings import booking_settings
 
@@ -39,12 +39,13 @@ from capacity.settings import booking_settings
 settings = booking_settings()
 logger = Logger(service=settings.service_name)
 metrics = Metrics(namespace=settings.metrics_namespace, service=settings.service_name)
-metrics.set_default_dimensions(environment=settings.environment)
 # No Powertools Tracer here: it imports the X-Ray SDK and botocore (~0.25 s of cold start on the
 # booking path). Lambda's active tracing still records this function's segment.
 service = BookingService(Database(settings), settings)
 
 app = APIGatewayRestResolver(enable_validation=True)
+
+MAX_BODY_BYTES = 10_240  # far above any valid booking (notes <= 1,000 chars); the same limit as `capctl serve`
 
 # Requests refused before a booking is attempted emit no metric; that is expected, not a warning.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
@@ -96,6 +97,10 @@ def create_booking(
     caller = Caller(
         tenant=tenant_of(app.current_event.request_context.raw_event), idempotency_key=idempotency_key, run_id=run_id
     )
+    # Synthetic traffic gets its own environment dimension: a load test against staging shows on
+    # its own dashboard lines and never moves the live alarms.
+    synthetic = booking.source == LOAD_TEST_SOURCE
+    metrics.add_dimension("environment", f"{settings.environment}-load-test" if synthetic else settings.environment)
     metrics.add_metadata("restaurantId", str(booking.restaurant_id))
     try:
         result = service.book(booking, caller)
@@ -103,6 +108,7 @@ def create_booking(
         metrics.add_metric(MetricName.BOOKING_REQUESTS, MetricUnit.Count, 1)
         metrics.add_metric(MetricName.RETRY_EXHAUSTED, MetricUnit.Count, 1)
         metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, exc.attempts)
+        metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, 1)
         raise
     except ProblemError as exc:
         if exc.code is ProblemCode.SERVICE_UNAVAILABLE:
@@ -124,8 +130,10 @@ def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -
         metrics.add_metric(_OUTCOME_METRIC[result.outcome], MetricUnit.Count, 1)
     if result.status == 409 and result.body.get("code") == ProblemCode.SLOT_CLOSED:
         metrics.add_metric(MetricName.SLOT_CLOSED, MetricUnit.Count, 1)
-    # Zeros too: a rate needs its denominator's zeros to be real datapoints.
-    metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, result.conflicts + int(result.overbook_prevented))
+    # Zeros too: a rate needs its zeros to be real datapoints.
+    conflicts = result.conflicts + int(result.overbook_prevented)
+    metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, conflicts)
+    metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, int(conflicts > 0))
     metrics.add_metric(MetricName.OVERBOOK_PREVENTED, MetricUnit.Count, int(result.overbook_prevented))
     if result.utilization is not None:
         metrics.add_metric(MetricName.SLOT_UTILIZATION, MetricUnit.Percent, result.utilization)
@@ -174,6 +182,7 @@ def get_booking(id: str) -> Response[Any]:
 def cancel_booking(id: str) -> Response[Any]:
     body = service.cancel(_booking_uuid(id), _tenant())
     if body["booking"]["status"] == "cancelled":
+        metrics.add_dimension("environment", settings.environment)
         metrics.add_metric(MetricName.BOOKING_CANCELLED, MetricUnit.Count, 1)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
@@ -248,4 +257,8 @@ def _on_error(exc: Exception) -> Response[Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # An oversized body is refused before anything parses it.
+    if len((event.get("body") or "").encode()) > MAX_BODY_BYTES:
+        too_large = ProblemError(ProblemCode.PAYLOAD_TOO_LARGE, f"The request body is over {MAX_BODY_BYTES} bytes.")
+        return problem_result(too_large)
     return app.resolve(event, context)

@@ -157,11 +157,24 @@ class TestDatabaseSettings:
             arn = boto3.client("secretsmanager").create_secret(
                 Name="capacity/db",
                 SecretString=json.dumps(
-                    {"username": "app", "password": "s3cret", "host": "proxy.local", "port": 5432, "dbname": "capacity"}
+                    {
+                        "username": "app",
+                        "password": "p@ss:/?# 'w",
+                        "host": "proxy.local",
+                        "port": 5432,
+                        "dbname": "capacity",
+                    }
                 ),
             )["ARN"]
             settings = DatabaseSettings.from_env({"DATABASE_SECRET_ARN": arn})
-            assert resolve_database_url(settings) == "postgresql://app:s3cret@proxy.local:5432/capacity"
+            parsed = psycopg.conninfo.conninfo_to_dict(resolve_database_url(settings))
+            assert parsed == {
+                "host": "proxy.local",
+                "port": "5432",
+                "dbname": "capacity",
+                "user": "app",
+                "password": "p@ss:/?# 'w",
+            }
 
     def test_no_database_configured_is_unavailable(self):
         from capacity.db import DatabaseUnavailable

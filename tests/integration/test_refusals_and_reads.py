@@ -60,6 +60,12 @@ class TestRefusedBeforeTheWrite:
         assert (status, body["code"]) == (400, "malformed_request")
         assert headers["Content-Type"] == "application/problem+json"
 
+    def test_an_oversized_body_is_413_before_parsing(self, booking_app, conn):
+        status, headers, body = invoke(booking_app, post_booking_event("{" + " " * 10_240 + "}"))
+        assert (status, body["code"]) == (413, "payload_too_large")
+        assert headers["Content-Type"] == "application/problem+json"
+        assert invoke(booking_app, post_booking_event(booking_body(notes="n" * 1000)))[0] == 201
+
     def test_missing_idempotency_key(self, booking_app, conn):
         status, _, body = invoke(booking_app, post_booking_event(booking_body(), key=None))
         assert (status, body["code"]) == (400, "idempotency_key_missing")

@@ -52,9 +52,13 @@ def resolve_database_url(settings: DatabaseSettings) -> str:
 
         secret = parameters.get_secret(settings.database_secret_arn, transform="json", max_age=300)
         assert isinstance(secret, dict)
-        return (
-            f"postgresql://{secret['username']}:{secret['password']}@{secret['host']}:"
-            f"{secret.get('port', 5432)}/{secret.get('dbname', 'postgres')}"
+        # A libpq keyword string quotes every value, so any character in a password is safe.
+        return psycopg.conninfo.make_conninfo(
+            host=secret["host"],
+            port=str(secret.get("port", 5432)),
+            dbname=secret.get("dbname", "postgres"),
+            user=secret["username"],
+            password=secret["password"],
         )
     raise DatabaseUnavailable("no DATABASE_URL or DATABASE_SECRET_ARN configured")
 

@@ -20,6 +20,16 @@ def problem_response(exc: ProblemError) -> Response[Any]:
     )
 
 
+def problem_result(exc: ProblemError) -> dict[str, Any]:
+    """The same problem as an API Gateway proxy result, for answers given outside the resolver."""
+    return {
+        "statusCode": exc.status,
+        "headers": {"Content-Type": PROBLEM_CONTENT_TYPE, **exc.headers},
+        "body": json.dumps(exc.body()),
+        "isBase64Encoded": False,
+    }
+
+
 def _field_name(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):

@@ -33,7 +33,8 @@ class MetricName(StrEnum):
     SLOT_CLOSED = "BookingSlotClosed"
     RETRY_EXHAUSTED = "BookingRetryExhausted"
     OVERBOOK_PREVENTED = "BookingOverbookPrevented"
-    CONFLICTS = "BookingConflicts"
+    CONFLICTS = "BookingConflicts"  # frequency: every lost race and retried failure
+    CONFLICTED_REQUESTS = "BookingRequestsConflicted"  # 0/1 per request: the conflict rate's numerator
     IDEMPOTENT_REPLAYS = "IdempotentReplays"
     SERVICE_UNAVAILABLE = "BookingServiceUnavailable"
     BOOKING_LATENCY = "BookingLatency"

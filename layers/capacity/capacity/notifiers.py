@@ -1,0 +1,301 @@
+"""Alert notices and the channels that deliver them (SNS, a Slack-compatible webhook).
+
+A ``Notice`` is plain data, stored with its delivery row so that a retry sends the same words.
+Every channel implements ``Notifier.send``: it returns when the channel accepted the notice and
+raises ``DeliveryError`` otherwise. Notices carry restaurant, slot and figures only, never a
+guest's personal data.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from capacity.settings import AlertSettings
+
+SUBJECT_MAX = 100  # SNS Subject limit (ASCII, no line breaks)
+SLACK_HEADER_MAX = 150
+WEBHOOK_TIMEOUT_S = 5.0
+
+
+class Channel(StrEnum):
+    SNS = "sns"
+    WEBHOOK = "webhook"
+
+
+class AlertKind(StrEnum):
+    OVERBOOKING = "overbooking"
+    CONFLICT_RATE = "conflict_rate"
+    RETRY_EXHAUSTION = "retry_exhaustion"
+
+
+class NoticeType(StrEnum):
+    OPENED = "opened"
+    REMINDER = "reminder"
+    RESOLVED = "resolved"
+
+
+class DeliveryError(Exception):
+    """The channel did not accept the notice. The message is short and holds no secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    alert_type: str  # AlertKind
+    notice: str  # NoticeType
+    severity: str  # critical | warning
+    restaurant_id: str
+    restaurant_name: str
+    incident_key: str  # the slot for overbooking, '' otherwise
+    figures: dict[str, Any]
+    opened_at: str  # ISO 8601 UTC
+    at: str  # when this notice was raised
+    environment: str
+    runbook_url: str
+    dashboard_url: str | None = None
+    resolved_at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Notice:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class Notifier(Protocol):
+    @property
+    def channel(self) -> Channel: ...
+
+    def send(self, notice: Notice) -> None: ...
+
+
+# -- wording ---------------------------------------------------------------------------------
+
+
+def _percent(value: Any) -> str:
+    return f"{float(value) * 100:.1f}%"
+
+
+def title(notice: Notice) -> str:
+    f = notice.figures
+    if notice.alert_type == AlertKind.OVERBOOKING:
+        return f"Overbooked slot {notice.incident_key}"
+    if notice.alert_type == AlertKind.CONFLICT_RATE:
+        return f"Booking conflict rate {_percent(f.get('conflictRate', 0))}"
+    return f"Booking retries exhausted: {f.get('retryExhausted', 0)} in the last hour"
+
+
+def _label(notice: Notice) -> str:
+    if notice.notice == NoticeType.RESOLVED:
+        return "RESOLVED"
+    if notice.notice == NoticeType.REMINDER:
+        return f"{notice.severity.upper()}, still open"
+    return notice.severity.upper()
+
+
+def _ascii(text: str) -> str:
+    """SNS subjects must be printable ASCII: fold accents, drop the rest, one line."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in folded).split())
+
+
+def subject(notice: Notice) -> str:
+    text = _ascii(f"[{_label(notice)}] {title(notice)} - {notice.restaurant_name} ({notice.environment})")
+    if len(text) > SUBJECT_MAX:
+        text = text[: SUBJECT_MAX - 3].rstrip() + "..."
+    return text
+
+
+def dashboard_link(notice: Notice) -> str | None:
+    # A configured URL may carry {restaurantId} to open the tenant's own view.
+    if not notice.dashboard_url:
+        return None
+    return notice.dashboard_url.replace("{restaurantId}", notice.restaurant_id)
+
+
+def figure_lines(notice: Notice) -> list[str]:
+    f = notice.figures
+    if notice.alert_type == AlertKind.OVERBOOKING:
+        max_covers = f.get("maxCovers")
+        covers = f.get("confirmedCovers", 0)
+        over = f" ({covers - max_covers} over)" if isinstance(max_covers, int) and covers > max_covers else ""
+        return [
+            f"Slot: {notice.incident_key} (restaurant local time)",
+            f"Confirmed covers: {covers} of max {max_covers}{over}, in {f.get('bookings', 0)} bookings",
+        ]
+    window = f"Window: {f.get('windowStart')} to {f.get('windowEnd')}"
+    traffic = "live and load-test traffic" if f.get("includesLoadTest") else "live traffic only"
+    if notice.alert_type == AlertKind.CONFLICT_RATE:
+        return [
+            f"Conflict rate: {_percent(f.get('conflictRate', 0))} "
+            f"({f.get('conflicts', 0)} of {f.get('requests', 0)} requests met a conflict)",
+            f"Threshold: more than {_percent(f.get('threshold', 0))} with at least {f.get('minRequests')} requests",
+            f"{window} ({traffic})",
+        ]
+    return [
+        f"Requests that exhausted their retries: {f.get('retryExhausted', 0)} of {f.get('requests', 0)}",
+        f"Threshold: more than {f.get('threshold')} in the last hour",
+        f"{window} ({traffic})",
+    ]
+
+
+def body(notice: Notice) -> str:
+    if notice.notice == NoticeType.RESOLVED:
+        headline = f"RESOLVED: {title(notice)} has cleared."
+    elif notice.notice == NoticeType.REMINDER:
+        headline = f"{notice.severity.upper()} (still open since {notice.opened_at}): {title(notice)}"
+    else:
+        headline = f"{notice.severity.upper()}: {title(notice)}"
+    lines = [
+        headline,
+        "",
+        f"Restaurant: {notice.restaurant_name} ({notice.restaurant_id})",
+        *figure_lines(notice),
+        f"Opened: {notice.opened_at}",
+    ]
+    if notice.resolved_at:
+        lines.append(f"Resolved: {notice.resolved_at}")
+    lines += [f"Environment: {notice.environment}", f"Alert: {notice.alert_type}, severity {notice.severity}", ""]
+    link = dashboard_link(notice)
+    if link:
+        lines.append(f"Dashboard: {link}")
+    lines.append(f"Runbook: {notice.runbook_url}")
+    return "\n".join(lines)
+
+
+def webhook_payload(notice: Notice) -> dict[str, Any]:
+    """Slack-compatible: ``text`` for any receiver, ``blocks`` for Slack."""
+    head = subject(notice)
+    text = body(notice)
+    return {
+        "text": f"{head}\n{text}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": head[:SLACK_HEADER_MAX]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}},
+        ],
+    }
+
+
+# -- channels --------------------------------------------------------------------------------
+
+
+def _arn_region(arn: str) -> str | None:
+    parts = arn.split(":")
+    return parts[3] if len(parts) >= 6 and parts[0] == "arn" and parts[3] else None
+
+
+class SnsNotifier:
+    """Publishes to the alert topic. The client is created on first use (boto3 off cold start)."""
+
+    def __init__(self, topic_arn: str, client: Any | None = None) -> None:
+        self.topic_arn = topic_arn
+        self._client = client
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.SNS
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # Short timeouts and few retries: an unsent notice is retried by the next run anyway.
+            config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+            self._client = boto3.client("sns", region_name=_arn_region(self.topic_arn), config=config)
+        return self._client
+
+    def send(self, notice: Notice) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().publish(
+                TopicArn=self.topic_arn,
+                Subject=subject(notice),
+                Message=body(notice),
+                MessageAttributes={
+                    "severity": {"DataType": "String", "StringValue": notice.severity},
+                    "restaurantId": {"DataType": "String", "StringValue": notice.restaurant_id},
+                    "alertType": {"DataType": "String", "StringValue": notice.alert_type},
+                },
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "ClientError")
+            raise DeliveryError(f"SNS publish failed: {code}") from None
+        except BotoCoreError as exc:
+            raise DeliveryError(f"SNS publish failed: {type(exc).__name__}") from None
+
+
+class WebhookNotifier:
+    """POSTs JSON to a Slack-compatible webhook; 2xx is delivered, anything else is a failure."""
+
+    def __init__(self, url: Callable[[], str] | str, timeout_s: float = WEBHOOK_TIMEOUT_S) -> None:
+        self._url = url
+        self.timeout_s = timeout_s
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.WEBHOOK
+
+    def url(self) -> str:
+        return self._url if isinstance(self._url, str) else self._url()
+
+    def send(self, notice: Notice) -> None:
+        # The URL is a secret (it carries the token): no error message quotes it.
+        try:
+            url = self.url()
+        except Exception as exc:
+            raise DeliveryError(f"webhook URL unavailable: {type(exc).__name__}") from None
+        if not url.startswith(("https://", "http://")):
+            raise DeliveryError("webhook URL is not http(s)")
+        data = json.dumps(webhook_payload(notice)).encode()
+        request = urllib.request.Request(  # noqa: S310  # scheme checked above
+            url, data=data, method="POST", headers={"Content-Type": "application/json; charset=utf-8"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            raise DeliveryError(f"webhook answered HTTP {exc.code}") from None
+        except TimeoutError:
+            raise DeliveryError("webhook timed out") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            kind = "timed out" if isinstance(reason, TimeoutError) else f"unreachable ({type(reason).__name__})"
+            raise DeliveryError(f"webhook {kind}") from None
+        if not 200 <= status < 300:
+            raise DeliveryError(f"webhook answered HTTP {status}")
+
+
+def _secret_webhook_url(secret_arn: str) -> Callable[[], str]:
+    def resolve() -> str:
+        from aws_lambda_powertools.utilities import parameters
+
+        value = parameters.get_secret(secret_arn, max_age=300)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if text.strip().startswith("{"):
+            # A JSON secret holds the URL under "url".
+            return str(json.loads(text)["url"])
+        return text.strip()
+
+    return resolve
+
+
+def notifiers_from_settings(settings: AlertSettings) -> list[Notifier]:
+    """The configured channels: SNS when ALERT_TOPIC_ARN is set, the webhook when its URL (or
+    ALERT_WEBHOOK_SECRET_ARN) is."""
+    found: list[Notifier] = []
+    if settings.alert_topic_arn:
+        found.append(SnsNotifier(settings.alert_topic_arn))
+    if settings.alert_webhook_url:
+        found.append(WebhookNotifier(settings.alert_webhook_url))
+    elif settings.alert_webhook_secret_arn:
+        found.append(WebhookNotifier(_secret_webhook_url(settings.alert_webhook_secret_arn)))
+    return found

@@ -1,0 +1,379 @@
+"""The hourly roll-up: observability_events and bookings into ``capacity_metrics_hourly``.
+
+Every run re-aggregates a trailing window of whole UTC hours (the current one included) with
+one set-based statement per traffic class, so events that arrive late are counted by the next
+run and a re-run writes the same rows (``updated_at`` moves only when a figure changed).
+Synthetic traffic (``source = 'load-test'``) goes to ``capacity_metrics_hourly_synthetic``, live
+traffic to ``capacity_metrics_hourly``.
+
+Counters are per hour of ``occurred_at``; covers, capacity and utilization are per hour of the
+slots' start (local slot time converted with the restaurant's time zone). Capacities come from
+the rules in Python (``capacity.rules``); everything else is SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from psycopg import sql
+
+from capacity.db import DictConnection
+from capacity.reconcile import load_rules
+from capacity.rules import RestaurantRules
+
+LIVE_TABLE = "capacity_metrics_hourly"
+SYNTHETIC_TABLE = "capacity_metrics_hourly_synthetic"
+LOAD_TEST_SOURCE = "load-test"
+
+HOUR = dt.timedelta(hours=1)
+# Scheduled work is off the booking path: the booking path's short statement timeout would cut a
+# month-long backfill short, and waiting for another run's lock is fine here.
+STATEMENT_TIMEOUT = "120s"
+LOCK_TIMEOUT = "60s"
+_ROLLUP_LOCK_ID = 7_347_202
+PURGE_BATCH = 5000
+PURGE_MAX_BATCHES = 200
+
+# ``attempts`` of an event, 1 when absent or not a number (a malformed row must not stop the run).
+_ATTEMPTS = (
+    "(CASE WHEN jsonb_typeof(e.metadata -> 'attempts') = 'number' THEN (e.metadata ->> 'attempts')::numeric END)"
+)
+_OUTCOME = "e.event_type IN ('booking.success', 'booking.capacity_exceeded', 'booking.retry_exhausted')"
+
+# A request met a conflict when it retried (attempts > 1 on its outcome), ran out of retries, or
+# lost a race on its first attempt (a lost race on a later attempt is already counted by its
+# outcome's attempts, so it is not counted twice).
+CONFLICT_CONDITION = f"""(
+       ({_OUTCOME} AND coalesce({_ATTEMPTS}, 1) > 1)
+    OR e.event_type = 'booking.retry_exhausted'
+    OR (e.event_type = 'booking.overbook_prevented' AND coalesce({_ATTEMPTS}, 1) <= 1))"""
+
+# Counter columns over ``observability_events e``, shared with the alert check.
+REQUEST_COUNTERS = f"""
+    count(*) FILTER (WHERE {_OUTCOME})::int AS requests,
+    count(*) FILTER (WHERE e.event_type = 'booking.success')::int AS successes,
+    count(*) FILTER (WHERE e.event_type = 'booking.capacity_exceeded')::int AS capacity_exceeded,
+    count(*) FILTER (WHERE e.event_type = 'booking.capacity_exceeded'
+                       AND e.metadata ->> 'reason' = 'closed')::int AS slot_closed,
+    count(*) FILTER (WHERE e.event_type = 'booking.retry_exhausted')::int AS retry_exhausted,
+    count(*) FILTER (WHERE e.event_type = 'booking.overbook_prevented')::int AS overbook_prevented,
+    count(*) FILTER (WHERE e.event_type = 'booking.conflict')::int AS retried_failures,
+    count(*) FILTER (WHERE {CONFLICT_CONDITION})::int AS conflicts,
+    count(*) FILTER (WHERE e.event_type = 'booking.cancelled')::int AS cancellations,
+    count(*) FILTER (WHERE e.event_type = 'booking.overbook_detected')::int AS overbook_detected"""
+
+# True for synthetic events; events without a source are live.
+SYNTHETIC_EVENT = f"(coalesce(e.metadata ->> 'source', '') = '{LOAD_TEST_SOURCE}')"
+
+COUNTER_NAMES = (
+    "requests",
+    "successes",
+    "capacity_exceeded",
+    "slot_closed",
+    "retry_exhausted",
+    "overbook_prevented",
+    "retried_failures",
+    "conflicts",
+    "cancellations",
+    "overbook_detected",
+)
+FIGURE_NAMES = (*COUNTER_NAMES, "conflict_rate", "success_rate", "covers_booked", "capacity_covers", "utilization")
+
+_COUNTERS_ZERO = ", ".join(f"coalesce(c.{n}, 0) AS {n}" for n in COUNTER_NAMES)
+_FIGURES = ", ".join(FIGURE_NAMES)
+_SET_FIGURES = ", ".join(f"{n} = EXCLUDED.{n}" for n in FIGURE_NAMES)
+_OLD_FIGURES = ", ".join(f"t.{n}" for n in FIGURE_NAMES)
+_NEW_FIGURES = ", ".join(f"EXCLUDED.{n}" for n in FIGURE_NAMES)
+
+# One traffic class of the window, in one statement: counters of the events, covers and capacity
+# of the slots, upserted; rows of the window that no longer have anything behind them (e.g.
+# after ``capctl cleanup`` removed synthetic data) are deleted.
+_ROLLUP = f"""
+WITH slots AS (
+    SELECT * FROM unnest(%(slot_restaurants)s::uuid[], %(slot_hours)s::timestamptz[], %(slot_dates)s::date[],
+                         %(slot_times)s::time[], %(slot_caps)s::int[])
+           AS s (restaurant_id, hour, slot_date, slot_time, max_covers)
+), capacity AS (
+    SELECT s.restaurant_id, s.hour, sum(s.max_covers)::int AS capacity_covers,
+           coalesce(sum(b.covers), 0)::int AS covers_booked
+      FROM slots s
+      LEFT JOIN LATERAL (
+            SELECT sum(bk.party_size) AS covers FROM bookings bk
+             WHERE bk.restaurant_id = s.restaurant_id AND bk.booking_date = s.slot_date
+               AND bk.booking_time = s.slot_time AND bk.status = 'confirmed'
+               AND (bk.source = '{LOAD_TEST_SOURCE}') = %(synthetic)s) b ON true
+     GROUP BY s.restaurant_id, s.hour
+), counters AS (
+    SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {REQUEST_COUNTERS}
+      FROM observability_events e
+     WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+       AND {SYNTHETIC_EVENT} = %(synthetic)s
+       AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
+     GROUP BY 1, 2
+), computed AS (
+    SELECT coalesce(c.restaurant_id, k.restaurant_id) AS restaurant_id, coalesce(c.hour, k.hour) AS hour,
+           {_COUNTERS_ZERO},
+           coalesce(k.covers_booked, 0) AS covers_booked, coalesce(k.capacity_covers, 0) AS capacity_covers
+      FROM counters c
+      FULL JOIN capacity k ON k.restaurant_id = c.restaurant_id AND k.hour = c.hour
+     -- live rows for every open hour; synthetic rows only where there was synthetic traffic
+     WHERE c.restaurant_id IS NOT NULL OR NOT %(synthetic)s OR k.covers_booked > 0
+), figures AS (
+    SELECT *,
+           CASE WHEN requests > 0 THEN round(conflicts::numeric / requests, 6) END AS conflict_rate,
+           CASE WHEN requests > 0 THEN round(successes::numeric / requests, 6) END AS success_rate,
+           CASE WHEN capacity_covers > 0 THEN round(covers_booked::numeric / capacity_covers, 6) END AS utilization
+      FROM computed
+), upserted AS (
+    INSERT INTO {{table}} AS t (restaurant_id, hour, {_FIGURES}, updated_at)
+    SELECT restaurant_id, hour, {_FIGURES}, now() FROM figures
+    ON CONFLICT (restaurant_id, hour) DO UPDATE SET {_SET_FIGURES}, updated_at = EXCLUDED.updated_at
+     WHERE ({_OLD_FIGURES}) IS DISTINCT FROM ({_NEW_FIGURES})
+    RETURNING 1
+), removed AS (
+    DELETE FROM {{table}} t
+     WHERE t.hour >= %(start)s AND t.hour < %(end)s
+       AND NOT EXISTS (SELECT 1 FROM figures f WHERE f.restaurant_id = t.restaurant_id AND f.hour = t.hour)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM figures)::int AS rows,
+       (SELECT count(*) FROM upserted)::int AS changed,
+       (SELECT count(*) FROM removed)::int AS removed
+"""
+
+_HOUR_TOTALS = """
+SELECT count(*)::int AS restaurants,
+       coalesce(sum(requests), 0)::int AS requests, coalesce(sum(successes), 0)::int AS successes,
+       coalesce(sum(conflicts), 0)::int AS conflicts, coalesce(sum(retry_exhausted), 0)::int AS retry_exhausted,
+       coalesce(sum(covers_booked), 0)::int AS covers_booked,
+       coalesce(sum(capacity_covers), 0)::int AS capacity_covers
+  FROM capacity_metrics_hourly WHERE hour = %(hour)s
+"""
+
+_RESTAURANTS = "SELECT id, timezone FROM restaurants ORDER BY id"
+
+_PURGE = """
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT %(batch)s))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCapacity:
+    restaurant_id: UUID
+    hour: dt.datetime  # UTC hour the slot starts in
+    date: dt.date  # local
+    time: dt.time  # local
+    max_covers: int
+
+
+@dataclass(frozen=True, slots=True)
+class HourTotals:
+    """Live figures of one hour over every restaurant: what the handler emits as EMF metrics."""
+
+    hour: dt.datetime
+    restaurants: int
+    requests: int
+    successes: int
+    conflicts: int
+    retry_exhausted: int
+    covers_booked: int
+    capacity_covers: int
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.requests if self.requests else None
+
+    @property
+    def conflict_rate(self) -> float | None:
+        return self.conflicts / self.requests if self.requests else None
+
+    @property
+    def utilization(self) -> float | None:
+        return self.covers_booked / self.capacity_covers if self.capacity_covers else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "hour": _iso(self.hour),
+            "restaurants": self.restaurants,
+            "requests": self.requests,
+            "successes": self.successes,
+            "conflicts": self.conflicts,
+            "retryExhausted": self.retry_exhausted,
+            "coversBooked": self.covers_booked,
+            "capacityCovers": self.capacity_covers,
+            "successRate": _rounded(self.success_rate),
+            "conflictRate": _rounded(self.conflict_rate),
+            "utilization": _rounded(self.utilization),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TableResult:
+    rows: int  # rows the window holds now
+    changed: int  # rows inserted or whose figures changed
+    removed: int  # rows of the window with nothing behind them any more
+
+
+@dataclass(frozen=True, slots=True)
+class RollupSummary:
+    window_start: dt.datetime
+    window_end: dt.datetime
+    hours: int
+    live: TableResult
+    synthetic: TableResult
+    purged_idempotency_keys: int
+    last_hour: HourTotals
+    skipped_restaurants: list[str] = field(default_factory=list)  # unknown time zone
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "windowStart": _iso(self.window_start),
+            "windowEnd": _iso(self.window_end),
+            "hours": self.hours,
+            "live": {"rows": self.live.rows, "changed": self.live.changed, "removed": self.live.removed},
+            "synthetic": {
+                "rows": self.synthetic.rows,
+                "changed": self.synthetic.changed,
+                "removed": self.synthetic.removed,
+            },
+            "purgedIdempotencyKeys": self.purged_idempotency_keys,
+            "lastHour": self.last_hour.as_json(),
+            "skippedRestaurants": self.skipped_restaurants,
+        }
+
+
+def window(now: dt.datetime, hours: int) -> tuple[dt.datetime, dt.datetime]:
+    """The ``hours`` whole UTC hours before ``now``'s hour, plus that hour so far: [start, end)."""
+    if hours < 1:
+        raise ValueError("hours must be at least 1")
+    current = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return current - hours * HOUR, current + HOUR
+
+
+def slots_in_window(
+    restaurant_id: UUID, rules: RestaurantRules, tz: ZoneInfo, start: dt.datetime, end: dt.datetime
+) -> list[SlotCapacity]:
+    """Slots of finite, non-zero capacity whose local start falls in [start, end), by UTC hour."""
+    first = start.astimezone(tz).date()
+    last = (end - dt.timedelta(microseconds=1)).astimezone(tz).date()
+    grid = rules.grid()
+    found: list[SlotCapacity] = []
+    day = first
+    while day <= last:
+        for slot_time in grid:
+            # fold=0: an ambiguous local time (clocks going back) counts once, at its first instant.
+            local = dt.datetime.combine(day, slot_time, tzinfo=tz)
+            instant = local.astimezone(dt.UTC)
+            if not start <= instant < end:
+                continue
+            if instant.astimezone(tz).replace(tzinfo=None) != local.replace(tzinfo=None):
+                continue  # skipped by the clocks going forward: that slot does not happen
+            max_covers = rules.capacity(day, slot_time).max_covers
+            if max_covers:  # None (unlimited) and 0 (closed) have no utilization
+                hour = instant.replace(minute=0, second=0, microsecond=0)
+                found.append(SlotCapacity(restaurant_id, hour, day, slot_time, max_covers))
+        day += dt.timedelta(days=1)
+    return found
+
+
+def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> tuple[list[SlotCapacity], list[str]]:
+    """Every restaurant's finite-capacity slots starting in the window; and restaurants skipped."""
+    restaurants = conn.execute(_RESTAURANTS).fetchall()
+    if not restaurants:
+        return [], []
+    # Local dates of the window in any time zone lie within a day of its UTC dates.
+    day = (start - dt.timedelta(days=1)).date()
+    dates = []
+    while day <= (end + dt.timedelta(days=1)).date():
+        dates.append(day)
+        day += dt.timedelta(days=1)
+    rules = load_rules(conn, [r["id"] for r in restaurants], dates)
+    slots: list[SlotCapacity] = []
+    skipped: list[str] = []
+    for r in restaurants:
+        try:
+            tz = ZoneInfo(r["timezone"])
+        except (ZoneInfoNotFoundError, ValueError):
+            skipped.append(str(r["id"]))
+            continue
+        slots.extend(slots_in_window(r["id"], rules[r["id"]], tz, start, end))
+    return slots, skipped
+
+
+def _rollup_table(
+    conn: DictConnection, table: str, synthetic: bool, slots: list[SlotCapacity], start: dt.datetime, end: dt.datetime
+) -> TableResult:
+    statement = sql.SQL(_ROLLUP).format(table=sql.Identifier(table))
+    row = conn.execute(
+        statement,
+        {
+            "slot_restaurants": [s.restaurant_id for s in slots],
+            "slot_hours": [s.hour for s in slots],
+            "slot_dates": [s.date for s in slots],
+            "slot_times": [s.time for s in slots],
+            "slot_caps": [s.max_covers for s in slots],
+            "synthetic": synthetic,
+            "start": start,
+            "end": end,
+        },
+    ).fetchone()
+    assert row is not None
+    return TableResult(rows=row["rows"], changed=row["changed"], removed=row["removed"])
+
+
+def hour_totals(conn: DictConnection, hour: dt.datetime) -> HourTotals:
+    row = conn.execute(_HOUR_TOTALS, {"hour": hour}).fetchone()
+    assert row is not None
+    return HourTotals(hour=hour, **row)
+
+
+def purge_idempotency_keys(conn: DictConnection) -> int:
+    """Delete expired idempotency records in small batches (short locks next to the booking path)."""
+    purged = 0
+    for _ in range(PURGE_MAX_BATCHES):
+        deleted = conn.execute(_PURGE, {"batch": PURGE_BATCH}).rowcount
+        purged += deleted
+        if deleted < PURGE_BATCH:
+            break
+    return purged
+
+
+def run_rollup(conn: DictConnection, *, hours: int, now: dt.datetime | None = None) -> RollupSummary:
+    """Re-aggregate the trailing window; purge expired idempotency records."""
+    moment = now or dt.datetime.now(dt.UTC)
+    start, end = window(moment, hours)
+    with conn.transaction():
+        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        # Two overlapping runs (a retried schedule, a manual `capctl rollup`) take turns.
+        conn.execute("SELECT pg_advisory_xact_lock(%(id)s)", {"id": _ROLLUP_LOCK_ID})
+        slots, skipped = window_slots(conn, start, end)
+        live = _rollup_table(conn, LIVE_TABLE, False, slots, start, end)
+        synthetic = _rollup_table(conn, SYNTHETIC_TABLE, True, slots, start, end)
+    last_complete = end - 2 * HOUR
+    totals = hour_totals(conn, last_complete)
+    purged = purge_idempotency_keys(conn)
+    return RollupSummary(
+        window_start=start,
+        window_end=end,
+        hours=hours,
+        live=live,
+        synthetic=synthetic,
+        purged_idempotency_keys=purged,
+        last_hour=totals,
+        skipped_restaurants=skipped,
+    )
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rounded(value: float | Decimal | None) -> float | None:
+    return None if value is None else round(float(value), 6)

@@ -1,0 +1,56 @@
+"""`capctl rollup`: the roll-up run once, locally, against DATABASE_URL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from capctl import cli
+from tests.integration.test_alerts import insert_event
+from tests.support import RESTAURANT_ID
+
+
+@pytest.fixture
+def on_db(seeded_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", seeded_db)
+    monkeypatch.delenv("ROLLUP_HOURS", raising=False)
+    return seeded_db
+
+
+def test_rollup_json(on_db, conn, capsys):
+    insert_event(conn, "booking.success", at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1), count=2)
+    assert cli.main(["rollup", "--hours", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["hours"] == 1
+    assert summary["live"]["changed"] == summary["live"]["rows"] >= 1
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    stored = conn.execute(
+        "SELECT sum(requests) AS n FROM capacity_metrics_hourly WHERE restaurant_id = %s AND hour >= %s",
+        (RESTAURANT_ID, hour - dt.timedelta(hours=1)),
+    ).fetchone()
+    assert stored["n"] == 2
+
+
+def test_rollup_text(on_db, capsys, monkeypatch):
+    monkeypatch.setenv("ROLLUP_HOURS", "2")
+    assert cli.main(["rollup"]) == 0
+    out = capsys.readouterr().out
+    assert "(2 whole hours + the current one)" in out
+    assert "live:" in out and "synthetic:" in out and "purged 0 expired idempotency keys" in out
+
+
+@pytest.mark.parametrize("hours", ["0", "x", "745"])
+def test_bad_hours_is_a_usage_error(on_db, capsys, hours):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["rollup", "--hours", hours])
+    assert exit_info.value.code == 2
+    assert "argument --hours" in capsys.readouterr().err
+
+
+def test_bad_setting_is_a_one_line_error(on_db, capsys, monkeypatch):
+    monkeypatch.setenv("ROLLUP_HOURS", "lots")
+    assert cli.main(["rollup"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("capctl: error: invalid setting ROLLUP_HOURS") and err.count("\n") == 1

@@ -1,0 +1,257 @@
+"""The alert decisions, without a database or a network: thresholds at their edges, the
+incident state machine (open, quiet, reminder, resolve), settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from capacity.alerts import (
+    Action,
+    AlertRunSummary,
+    CheckAlertsSettings,
+    Delivery,
+    Finding,
+    IncidentKey,
+    OpenAlert,
+    cleared_figures,
+    conflict_rate_breached,
+    notice_for,
+    overbooking_findings,
+    plan,
+    rate_findings,
+    retry_exhaustion_breached,
+)
+from capacity.notifiers import AlertKind
+from capacity.reconcile import SlotState
+from capacity.settings import SettingsError
+
+A = UUID("11111111-2222-4333-8444-555555555555")
+B = UUID("99999999-8888-4777-8666-555555555555")
+NOW = dt.datetime(2030, 6, 14, 19, 30, tzinfo=dt.UTC)
+COOLDOWN = dt.timedelta(minutes=60)
+SETTINGS = CheckAlertsSettings.from_env({"ENVIRONMENT": "test"})
+
+
+class TestConflictRateThreshold:
+    @pytest.mark.parametrize(
+        ("requests", "conflicts", "fires"),
+        [
+            (40, 2, False),  # exactly 5 %
+            (40, 3, True),  # 7.5 %
+            (1000, 50, False),  # exactly 5 %
+            (1000, 51, True),  # just above
+            (50, 2, False),  # 4 %
+            (20, 2, True),  # 10 % at exactly the minimum volume
+            (19, 10, False),  # below the minimum volume, however bad
+            (0, 0, False),  # no requests: no alert, no division
+        ],
+    )
+    def test_strictly_above_the_threshold_with_the_minimum_volume(self, requests, conflicts, fires):
+        assert conflict_rate_breached(requests, conflicts, 0.05, 20) is fires
+
+    @pytest.mark.parametrize(("threshold", "conflicts"), [(0.07, 7), (0.1, 10), (0.3, 30), (0.15, 15)])
+    def test_exact_equality_never_fires_whatever_the_float(self, threshold, conflicts):
+        assert conflict_rate_breached(100, conflicts, threshold, 1) is False
+        assert conflict_rate_breached(100, conflicts + 1, threshold, 1) is True
+
+    def test_zero_requests_with_no_minimum(self):
+        assert conflict_rate_breached(0, 0, 0.05, 1) is False
+
+
+class TestRetryExhaustionThreshold:
+    @pytest.mark.parametrize(("count", "fires"), [(0, False), (5, False), (6, True)])
+    def test_more_than_the_threshold(self, count, fires):
+        assert retry_exhaustion_breached(count, 5) is fires
+
+
+def counters(requests: int, conflicts: int = 0, retry_exhausted: int = 0, rid: UUID = A) -> dict[str, Any]:
+    return {"restaurant_id": rid, "requests": requests, "conflicts": conflicts, "retry_exhausted": retry_exhausted}
+
+
+class TestRateFindings:
+    def test_each_restaurant_on_its_own(self):
+        rows = [counters(40, 4, rid=A), counters(40, 1, retry_exhausted=9, rid=B)]
+        findings, observed = rate_findings(rows, {A: "Alpha", B: "Beta"}, SETTINGS, NOW - dt.timedelta(hours=1), NOW)
+        assert [(f.key.restaurant_id, f.key.kind, f.restaurant_name) for f in findings] == [
+            (A, AlertKind.CONFLICT_RATE, "Alpha"),
+            (B, AlertKind.RETRY_EXHAUSTION, "Beta"),
+        ]
+        assert findings[0].figures == {
+            "requests": 40,
+            "conflicts": 4,
+            "conflictRate": 0.1,
+            "threshold": 0.05,
+            "minRequests": 20,
+            "windowStart": "2030-06-14T18:30:00Z",
+            "windowEnd": "2030-06-14T19:30:00Z",
+            "includesLoadTest": False,
+        }
+        assert findings[0].severity.value == "warning"
+        assert set(observed) == {
+            IncidentKey(r, k) for r in (A, B) for k in (AlertKind.CONFLICT_RATE, AlertKind.RETRY_EXHAUSTION)
+        }
+
+    def test_a_restaurant_with_only_cancellations_has_no_rate_and_no_error(self):
+        findings, observed = rate_findings([counters(0)], {}, SETTINGS, NOW, NOW)
+        assert findings == []
+        assert observed[IncidentKey(A, AlertKind.CONFLICT_RATE)]["conflictRate"] == 0.0
+
+
+class TestOverbookingFindings:
+    def test_only_slots_over_a_finite_capacity(self):
+        def state(time: str, max_covers: int | None, covers: int) -> SlotState:
+            return SlotState(A, dt.date(2030, 6, 14), dt.time.fromisoformat(time), max_covers, covers, 3)
+
+        states = [state("18:00", 20, 20), state("19:00", 20, 24), state("20:00", None, 500), state("21:00", 0, 2)]
+        findings = overbooking_findings(states, {A: "Alpha"})
+        assert [(f.key.incident, f.figures["confirmedCovers"], f.figures["maxCovers"]) for f in findings] == [
+            ("2030-06-14 19:00", 24, 20),
+            ("2030-06-14 21:00", 2, 0),
+        ]
+        assert findings[0].severity.value == "critical"
+
+
+def finding(
+    kind: AlertKind = AlertKind.OVERBOOKING, incident: str = "2030-06-14 19:00", rid: UUID = A, **figures: Any
+) -> Finding:
+    return Finding(IncidentKey(rid, kind, incident), "Alpha", {"confirmedCovers": 24, "maxCovers": 20, **figures})
+
+
+def open_alert(key: IncidentKey, notified_ago: dt.timedelta, alert_id: int = 7) -> OpenAlert:
+    return OpenAlert(
+        alert_id,
+        key,
+        "Alpha",
+        NOW - dt.timedelta(hours=3),
+        NOW - notified_ago,
+        {"confirmedCovers": 25, "maxCovers": 20, "bookings": 6, "date": "2030-06-14", "time": "19:00"},
+    )
+
+
+class TestStateMachine:
+    def test_a_new_condition_opens_an_incident(self):
+        [t] = plan([finding()], [], now=NOW, cooldown=COOLDOWN)
+        assert (t.action, t.alert_id, t.opened_at, t.notice_type.value) == (Action.OPEN, None, NOW, "opened")
+
+    def test_no_repeat_inside_the_cooldown(self):
+        f = finding()
+        [t] = plan([f], [open_alert(f.key, dt.timedelta(minutes=59))], now=NOW, cooldown=COOLDOWN)
+        assert (t.action, t.alert_id, t.notice_type) == (Action.UPDATE, 7, None)
+        assert t.figures["confirmedCovers"] == 24  # figures refreshed
+
+    def test_a_reminder_once_the_cooldown_has_passed(self):
+        f = finding()
+        for ago in (dt.timedelta(minutes=60), dt.timedelta(hours=5)):
+            [t] = plan([f], [open_alert(f.key, ago)], now=NOW, cooldown=COOLDOWN)
+            assert (t.action, t.notice_type.value) == (Action.REMIND, "reminder")
+            assert t.opened_at == NOW - dt.timedelta(hours=3)
+
+    def test_a_cleared_condition_resolves(self):
+        key = IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00")
+        observed = {key: {"confirmedCovers": 20, "maxCovers": 20, "bookings": 5}}
+        [t] = plan([], [open_alert(key, dt.timedelta(minutes=5))], now=NOW, cooldown=COOLDOWN, observed=observed)
+        assert (t.action, t.alert_id, t.notice_type.value) == (Action.RESOLVE, 7, "resolved")
+        assert t.figures == observed[key]
+
+    def test_incidents_are_per_restaurant_and_per_slot(self):
+        open_a = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00"), dt.timedelta(minutes=5))
+        transitions = plan(
+            [finding(rid=B), finding(incident="2030-06-14 20:00"), finding(), finding()],
+            [open_a],
+            now=NOW,
+            cooldown=COOLDOWN,
+        )
+        assert sorted((t.key.restaurant_id, t.key.incident, t.action) for t in transitions) == [
+            (A, "2030-06-14 19:00", Action.UPDATE),
+            (A, "2030-06-14 20:00", Action.OPEN),
+            (B, "2030-06-14 19:00", Action.OPEN),
+        ]
+
+    def test_cleared_figures_without_a_current_observation(self):
+        slot = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00"), dt.timedelta(0))
+        assert cleared_figures(slot, {}) | {} == {**slot.figures, "confirmedCovers": 0, "bookings": 0}
+        rate = OpenAlert(
+            8,
+            IncidentKey(A, AlertKind.CONFLICT_RATE),
+            "Alpha",
+            NOW,
+            NOW,
+            {"requests": 40, "conflicts": 8, "conflictRate": 0.2, "threshold": 0.05},
+        )
+        assert cleared_figures(rate, {}) == {
+            "requests": 0,
+            "conflicts": 0,
+            "conflictRate": 0.0,
+            "threshold": 0.05,
+            "retryExhausted": 0,
+        }
+
+    def test_notices_carry_the_incident_and_no_more(self):
+        [opened] = plan([finding()], [], now=NOW, cooldown=COOLDOWN)
+        notice = notice_for(opened, SETTINGS, NOW)
+        assert notice.as_json() == {
+            "alert_type": "overbooking",
+            "notice": "opened",
+            "severity": "critical",
+            "restaurant_id": str(A),
+            "restaurant_name": "Alpha",
+            "incident_key": "2030-06-14 19:00",
+            "figures": {"confirmedCovers": 24, "maxCovers": 20},
+            "opened_at": "2030-06-14T19:30:00Z",
+            "at": "2030-06-14T19:30:00Z",
+            "environment": "test",
+            "runbook_url": "docs/capacity/testing-and-monitoring.md#runbook",
+            "dashboard_url": None,
+            "resolved_at": None,
+        }
+        [resolved] = plan([], [open_alert(opened.key, dt.timedelta(0))], now=NOW, cooldown=COOLDOWN)
+        assert notice_for(resolved, SETTINGS, NOW).resolved_at == "2030-06-14T19:30:00Z"
+
+
+class TestSummary:
+    def test_counts(self):
+        [opened] = plan([finding()], [], now=NOW, cooldown=COOLDOWN)
+        summary = AlertRunSummary(
+            checked_at=NOW,
+            dry_run=False,
+            channels=["sns"],
+            transitions=[opened],
+            deliveries=[
+                Delivery("sns", "overbooking", str(A), "opened", "sent"),
+                Delivery("webhook", "overbooking", str(A), "opened", "failed", "", "webhook answered HTTP 500"),
+            ],
+        )
+        data = summary.as_json()
+        assert {
+            k: data[k] for k in ("opened", "resolved", "reminders", "overbookDetected", "sent", "deliveryFailures")
+        } == {"opened": 1, "resolved": 0, "reminders": 0, "overbookDetected": 1, "sent": 1, "deliveryFailures": 1}
+        assert data["transitions"][0]["severity"] == "critical"
+        assert data["deliveries"][1]["error"] == "webhook answered HTTP 500"
+
+
+class TestSettings:
+    @pytest.mark.parametrize(
+        "arn",
+        [
+            "arn:aws:sns:eu-west-1:123456789012:capacity-alerts",
+            "arn:aws-us-gov:sns:us-gov-west-1:123456789012:alerts.fifo",
+        ],
+    )
+    def test_topic_arn_accepted(self, arn):
+        assert CheckAlertsSettings.from_env({"ALERT_TOPIC_ARN": arn}).alert_topic_arn == arn
+
+    @pytest.mark.parametrize(
+        "arn", ["capacity-alerts", "arn:aws:sqs:eu-west-1:123456789012:q", "arn:aws:sns:eu-west-1:123:alerts"]
+    )
+    def test_topic_arn_refused_with_the_variable_named(self, arn):
+        with pytest.raises(SettingsError, match=r"invalid setting ALERT_TOPIC_ARN: .*SNS topic ARN"):
+            CheckAlertsSettings.from_env({"ALERT_TOPIC_ARN": arn})
+
+    def test_defaults_from_the_contract(self):
+        s = CheckAlertsSettings.from_env({})
+        assert (s.conflict_rate_threshold, s.conflict_min_requests, s.alert_cooldown_minutes) == (0.05, 20, 60)
+        assert (s.alert_topic_arn, s.alert_webhook_url, s.include_load_test) == (None, None, False)

@@ -1,0 +1,275 @@
+"""Notice wording and the two channels, without a network: SNS through botocore's Stubber, the
+webhook through a stand-in for urlopen."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from botocore.stub import Stubber
+
+from capacity import notifiers
+from capacity.notifiers import (
+    DeliveryError,
+    Notice,
+    SnsNotifier,
+    WebhookNotifier,
+    body,
+    notifiers_from_settings,
+    subject,
+    webhook_payload,
+)
+from capacity.settings import AlertSettings
+
+RID = "11111111-2222-4333-8444-555555555555"
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:capacity-alerts"
+
+
+def notice(**overrides: Any) -> Notice:
+    values: dict[str, Any] = {
+        "alert_type": "overbooking",
+        "notice": "opened",
+        "severity": "critical",
+        "restaurant_id": RID,
+        "restaurant_name": "Test Trattoria",
+        "incident_key": "2030-06-14 19:00",
+        "figures": {"date": "2030-06-14", "time": "19:00", "maxCovers": 20, "confirmedCovers": 24, "bookings": 6},
+        "opened_at": "2030-06-14T18:05:00Z",
+        "at": "2030-06-14T18:05:00Z",
+        "environment": "prod",
+        "runbook_url": "https://runbooks.example/capacity#overbooking",
+        "dashboard_url": None,
+    }
+    values.update(overrides)
+    return Notice(**values)
+
+
+class TestWording:
+    def test_subject_names_severity_slot_restaurant_and_environment(self):
+        assert subject(notice()) == "[CRITICAL] Overbooked slot 2030-06-14 19:00 - Test Trattoria (prod)"
+        assert subject(notice(notice="reminder")).startswith("[CRITICAL, still open] Overbooked slot")
+        assert subject(notice(notice="resolved")).startswith("[RESOLVED] Overbooked slot")
+
+    def test_subject_is_ascii_one_line_and_at_most_100_characters(self):
+        name = "Café Ümlaut\nEstablishment " * 10
+        text = subject(notice(restaurant_name=name))
+        assert len(text) == 100 and text.endswith("...")
+        assert text.isascii() and "\n" not in text
+        assert "Cafe Umlaut Establishment" in text
+
+    def test_body_is_readable(self):
+        text = body(notice(dashboard_url="https://console.example/dash?r={restaurantId}"))
+        assert text.splitlines() == [
+            "CRITICAL: Overbooked slot 2030-06-14 19:00",
+            "",
+            f"Restaurant: Test Trattoria ({RID})",
+            "Slot: 2030-06-14 19:00 (restaurant local time)",
+            "Confirmed covers: 24 of max 20 (4 over), in 6 bookings",
+            "Opened: 2030-06-14T18:05:00Z",
+            "Environment: prod",
+            "Alert: overbooking, severity critical",
+            "",
+            f"Dashboard: https://console.example/dash?r={RID}",
+            "Runbook: https://runbooks.example/capacity#overbooking",
+        ]
+
+    def test_resolve_and_reminder_bodies(self):
+        resolved = body(
+            notice(
+                notice="resolved",
+                resolved_at="2030-06-14T19:00:00Z",
+                figures={"maxCovers": 20, "confirmedCovers": 20, "bookings": 5},
+            )
+        )
+        assert resolved.startswith("RESOLVED: Overbooked slot 2030-06-14 19:00 has cleared.")
+        assert "Resolved: 2030-06-14T19:00:00Z" in resolved and "Dashboard" not in resolved
+        assert "Confirmed covers: 20 of max 20, in 5 bookings" in resolved
+        reminder = body(notice(notice="reminder"))
+        assert reminder.startswith("CRITICAL (still open since 2030-06-14T18:05:00Z): Overbooked slot")
+
+    def test_rate_alert_bodies(self):
+        window = {"windowStart": "2030-06-14T17:05:00Z", "windowEnd": "2030-06-14T18:05:00Z"}
+        conflict = body(
+            notice(
+                alert_type="conflict_rate",
+                severity="warning",
+                incident_key="",
+                figures={
+                    "requests": 40,
+                    "conflicts": 4,
+                    "conflictRate": 0.1,
+                    "threshold": 0.05,
+                    "minRequests": 20,
+                    "includesLoadTest": False,
+                    **window,
+                },
+            )
+        )
+        assert "Conflict rate: 10.0% (4 of 40 requests met a conflict)" in conflict
+        assert "Threshold: more than 5.0% with at least 20 requests" in conflict
+        assert "Window: 2030-06-14T17:05:00Z to 2030-06-14T18:05:00Z (live traffic only)" in conflict
+        assert "Slot:" not in conflict
+        retries = notice(
+            alert_type="retry_exhaustion",
+            severity="warning",
+            incident_key="",
+            figures={"requests": 90, "retryExhausted": 7, "threshold": 5, "includesLoadTest": True, **window},
+        )
+        assert subject(retries) == "[WARNING] Booking retries exhausted: 7 in the last hour - Test Trattoria (prod)"
+        assert "Requests that exhausted their retries: 7 of 90" in body(retries)
+        assert "(live and load-test traffic)" in body(retries)
+
+    def test_webhook_payload_is_slack_compatible(self):
+        payload = webhook_payload(notice(restaurant_name="X" * 300))
+        assert payload["text"].startswith("[CRITICAL] Overbooked slot")
+        header, section = payload["blocks"]
+        assert header["type"] == "header" and header["text"]["type"] == "plain_text"
+        assert len(header["text"]["text"]) <= 150
+        assert section["text"]["type"] == "mrkdwn" and "Confirmed covers: 24" in section["text"]["text"]
+
+    def test_notice_round_trips_through_its_stored_json(self):
+        n = notice()
+        stored = json.loads(json.dumps(n.as_json()))
+        assert Notice.from_json({**stored, "unknown": 1}) == n
+
+
+class TestSns:
+    def client(self) -> Any:
+        return boto3.client("sns", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+    def test_publish_carries_subject_body_and_attributes(self):
+        client = self.client()
+        n = notice()
+        with Stubber(client) as stub:
+            stub.add_response(
+                "publish",
+                {"MessageId": "m-1"},
+                {
+                    "TopicArn": TOPIC,
+                    "Subject": subject(n),
+                    "Message": body(n),
+                    "MessageAttributes": {
+                        "severity": {"DataType": "String", "StringValue": "critical"},
+                        "restaurantId": {"DataType": "String", "StringValue": RID},
+                        "alertType": {"DataType": "String", "StringValue": "overbooking"},
+                    },
+                },
+            )
+            SnsNotifier(TOPIC, client).send(n)
+            stub.assert_no_pending_responses()
+
+    def test_a_refused_publish_is_a_delivery_error(self):
+        client = self.client()
+        with Stubber(client) as stub:
+            stub.add_client_error("publish", service_error_code="AuthorizationError", http_status_code=403)
+            with pytest.raises(DeliveryError, match=r"^SNS publish failed: AuthorizationError$"):
+                SnsNotifier(TOPIC, client).send(notice())
+
+    def test_an_unreachable_endpoint_is_a_delivery_error(self):
+        class Unreachable:
+            def publish(self, **kwargs: Any) -> None:
+                raise EndpointConnectionError(endpoint_url="https://sns.invalid")
+
+        with pytest.raises(DeliveryError, match=r"^SNS publish failed: EndpointConnectionError$"):
+            SnsNotifier(TOPIC, Unreachable()).send(notice())
+
+    def test_region_comes_from_the_topic(self):
+        assert notifiers._arn_region(TOPIC) == "eu-west-1"
+        assert notifiers._arn_region("not-an-arn") is None
+
+
+class FakeResponse:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+class Receiver:
+    """Stands in for urlopen: records each request, answers ``status`` or raises ``error``."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[Any, float]] = []
+        self.status = 200
+        self.error: BaseException | None = None
+
+    def urlopen(self, request: Any, timeout: float) -> FakeResponse:
+        self.requests.append((request, timeout))
+        if self.error is not None:
+            raise self.error
+        return FakeResponse(self.status)
+
+
+class TestWebhook:
+    @pytest.fixture
+    def sent(self, monkeypatch: pytest.MonkeyPatch) -> Receiver:
+        receiver = Receiver()
+        monkeypatch.setattr(notifiers.urllib.request, "urlopen", receiver.urlopen)
+        return receiver
+
+    def test_2xx_is_delivered_with_a_json_post(self, sent):
+        WebhookNotifier("https://hooks.example/T/B/secret").send(notice())
+        [(request, timeout)] = sent.requests
+        assert (request.get_method(), request.full_url, timeout) == ("POST", "https://hooks.example/T/B/secret", 5.0)
+        assert request.get_header("Content-type") == "application/json; charset=utf-8"
+        assert json.loads(request.data)["text"].startswith("[CRITICAL] Overbooked slot")
+
+    @pytest.mark.parametrize(
+        ("error", "message"),
+        [
+            (urllib.error.HTTPError("u", 500, "boom", {}, None), "webhook answered HTTP 500"),  # type: ignore[arg-type]
+            (TimeoutError(), "webhook timed out"),
+            (urllib.error.URLError(TimeoutError()), "webhook timed out"),
+            (urllib.error.URLError(ConnectionRefusedError()), "webhook unreachable (ConnectionRefusedError)"),
+        ],
+    )
+    def test_failures_never_quote_the_url(self, sent, error, message):
+        sent.error = error
+        with pytest.raises(DeliveryError) as info:
+            WebhookNotifier("https://hooks.example/T/B/secret").send(notice())
+        assert str(info.value) == message and "secret" not in str(info.value)
+
+    def test_a_non_2xx_answer_is_a_failure(self, sent):
+        sent.status = 304
+        with pytest.raises(DeliveryError, match="HTTP 304"):
+            WebhookNotifier("https://hooks.example/x").send(notice())
+
+    def test_the_url_must_be_http(self, sent):
+        with pytest.raises(DeliveryError, match="not http"):
+            WebhookNotifier(lambda: "file:///etc/passwd").send(notice())
+        assert sent.requests == []  # nothing was opened
+
+    def test_a_url_that_cannot_be_resolved_is_a_failure(self):
+        def missing() -> str:
+            raise KeyError("url")
+
+        with pytest.raises(DeliveryError, match="webhook URL unavailable: KeyError"):
+            WebhookNotifier(missing).send(notice())
+
+
+class TestChannelsFromSettings:
+    def test_none_configured(self):
+        assert notifiers_from_settings(AlertSettings.from_env({})) == []
+
+    def test_both(self):
+        found = notifiers_from_settings(
+            AlertSettings.from_env({"ALERT_TOPIC_ARN": TOPIC, "ALERT_WEBHOOK_URL": "https://hooks.example/x"})
+        )
+        assert [n.channel.value for n in found] == ["sns", "webhook"]
+        assert found[0].topic_arn == TOPIC and found[1].url() == "https://hooks.example/x"
+
+    def test_webhook_url_given_wins_over_its_secret(self):
+        [found] = notifiers_from_settings(
+            AlertSettings.from_env(
+                {"ALERT_WEBHOOK_URL": "https://hooks.example/x", "ALERT_WEBHOOK_SECRET_ARN": "arn:secret"}
+            )
+        )
+        assert found.url() == "https://hooks.example/x"

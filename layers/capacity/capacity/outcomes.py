@@ -71,6 +71,8 @@ class ProblemCode(StrEnum):
     RETRY_EXHAUSTED = "retry_exhausted"
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
+    BAD_GATEWAY = "bad_gateway"  # the function crashed or answered nonsense (gateway's own answer)
+    GATEWAY_TIMEOUT = "gateway_timeout"  # the function did not answer in time (gateway's own answer)
 
 
 PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
@@ -92,6 +94,8 @@ PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
     ProblemCode.RETRY_EXHAUSTED: (503, "Temporarily unable to complete the booking"),
     ProblemCode.SERVICE_UNAVAILABLE: (503, "Service unavailable"),
     ProblemCode.INTERNAL_ERROR: (500, "Internal error"),
+    ProblemCode.BAD_GATEWAY: (502, "Bad gateway"),
+    ProblemCode.GATEWAY_TIMEOUT: (504, "Gateway timeout"),
 }
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"

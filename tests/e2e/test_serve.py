@@ -1,0 +1,435 @@
+"""`capctl serve` through real HTTP on 127.0.0.1, over the real create_booking handler and a real
+PostgreSQL: the API's answers, the gateway's own refusals (403, 429, 413), Lambda-like instances
+(one request at a time each, own connection, replaced after a crash or a timeout) and a clean
+stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from capctl.serve import INSTANCE_HEADER, LocalApi
+from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body
+
+pytestmark = pytest.mark.e2e
+
+PROBLEM = "application/problem+json"
+SERVER_ENV = {
+    "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
+    "POWERTOOLS_SERVICE_NAME": "capacity-engine",
+    "ENVIRONMENT": "test",
+}
+# For tests that hold a table lock: requests wait on it instead of timing out and retrying.
+WAIT_ON_LOCKS = {
+    "DB_LOCK_TIMEOUT_MS": "60000",
+    "DB_STATEMENT_TIMEOUT_MS": "60000",
+    "BOOKING_REQUEST_BUDGET_MS": "60000",
+}
+GUEST = booking_body()["guest"]
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an environment proxy
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: Any
+
+
+def call(
+    api: LocalApi,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    key: str | None = None,
+    api_key: str | None = None,
+    data: bytes | Iterable[bytes] | None = None,
+) -> Reply:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if api_key is not None:
+        headers["x-api-key"] = api_key
+    if body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(api.base_url + path, data=data, method=method, headers=headers)
+    try:
+        with _OPENER.open(request, timeout=30) as response:
+            raw, status, reply_headers = response.read(), response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        raw, status, reply_headers = exc.read(), exc.code, exc.headers
+    return Reply(status, reply_headers, json.loads(raw) if raw else None)
+
+
+def availability(api: LocalApi, api_key: str | None = None) -> Reply:
+    return call(api, "GET", f"/restaurants/{RESTAURANT_ID}/availability?date={FUTURE_DATE}", api_key=api_key)
+
+
+def slot_row(reply: Reply, time_: str) -> dict[str, Any]:
+    return next(s for s in reply.body["slots"] if s["time"] == time_)
+
+
+def assert_problem(reply: Reply, status: int, code: str) -> None:
+    assert reply.status == status
+    assert reply.headers["Content-Type"] == PROBLEM
+    assert reply.body["status"] == status
+    assert reply.body["code"] == code
+    assert {"type", "title", "detail"} <= reply.body.keys()
+
+
+def confirmed(conn: Any, time_: str = "19:00") -> tuple[int, int]:
+    """(bookings, covers) confirmed in one slot of FUTURE_DATE, read from the table itself."""
+    row = conn.execute(
+        "SELECT count(*)::int AS n, coalesce(sum(party_size), 0)::int AS covers FROM bookings "
+        "WHERE restaurant_id = %s AND booking_date = %s AND booking_time = %s AND status = 'confirmed'",
+        (RESTAURANT_ID, FUTURE_DATE, time_),
+    ).fetchone()
+    return row["n"], row["covers"]
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state in ("Z", "X")  # exited; only its exit status is left to collect
+
+
+@pytest.fixture
+def serve(seeded_db: str, tmp_path: Path) -> Iterator[Callable[..., LocalApi]]:
+    """Start `capctl serve` on a free port over the seeded database; stopped after the test."""
+    started: list[LocalApi] = []
+
+    def start(**options: Any) -> LocalApi:
+        env = {**SERVER_ENV, **options.pop("env", {})}
+        api = LocalApi(database_url=seeded_db, env=env, log_path=tmp_path / f"serve-{len(started)}.log", **options)
+        started.append(api)
+        api.start()
+        return api
+
+    yield start
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def table_lock(seeded_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection holding an exclusive lock on `bookings` until it commits: every booking
+    request waits inside its instance meanwhile, which makes "busy" observable."""
+    lock = psycopg.connect(seeded_db)
+    lock.execute("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE")
+    yield lock
+    lock.rollback()
+    lock.close()
+
+
+def test_book_replay_read_cancel_through_http(serve: Callable[..., LocalApi], conn: Any) -> None:
+    api = serve(api_keys=["tenant-a", "tenant-b"])
+
+    created = call(api, "POST", "/bookings", body=booking_body(), key="e2e-1", api_key="tenant-a")
+    assert created.status == 201
+    assert created.headers["Content-Type"] == "application/json"
+    booking = created.body["booking"]
+    assert booking["status"] == "confirmed"
+    assert (booking["restaurantId"], booking["date"], booking["time"], booking["partySize"]) == (
+        RESTAURANT_ID,
+        FUTURE_DATE,
+        "19:00",
+        2,
+    )
+    assert created.body["capacity"] == {"maxCovers": 20, "bookedCovers": 2, "remainingCovers": 18}
+    assert created.headers["Location"] == f"/bookings/{booking['id']}"
+    assert created.headers[INSTANCE_HEADER] in {str(i["id"]) for i in api.health()["instances"]}
+    assert created.headers["Idempotent-Replayed"] is None
+
+    replay = call(api, "POST", "/bookings", body=booking_body(), key="e2e-1", api_key="tenant-a")
+    assert replay.status == 201
+    assert replay.body == created.body
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert confirmed(conn) == (1, 2)
+
+    assert slot_row(availability(api, "tenant-a"), "19:00") == {
+        "time": "19:00",
+        "maxCovers": 20,
+        "bookedCovers": 2,
+        "remainingCovers": 18,
+    }
+
+    read = call(api, "GET", f"/bookings/{booking['id']}", api_key="tenant-a")
+    assert read.status == 200
+    assert read.body == {"booking": booking}
+    # A booking belongs to the API key that made it: the tenant is derived from the key.
+    assert_problem(call(api, "GET", f"/bookings/{booking['id']}", api_key="tenant-b"), 404, "booking_not_found")
+
+    cancelled = call(api, "DELETE", f"/bookings/{booking['id']}", api_key="tenant-a")
+    assert cancelled.status == 200
+    assert cancelled.body["booking"] == {**booking, "status": "cancelled"}
+    assert (
+        conn.execute("SELECT status FROM bookings WHERE id = %s", (booking["id"],)).fetchone()["status"] == "cancelled"
+    )
+    assert slot_row(availability(api, "tenant-a"), "19:00")["remainingCovers"] == 20
+
+    assert_problem(call(api, "GET", "/no/such/resource", api_key="tenant-a"), 404, "not_found")
+
+    pids = [i["pid"] for i in api.health()["instances"]]
+    assert api.stop() == 0
+    assert all(pid_gone(pid) for pid in pids)
+    log = api.log_text()
+    assert "Traceback" not in log
+    # One access-log line per request; no guest data anywhere in the server's output.
+    assert re.search(r"^capctl serve: POST /bookings 201 [\d.]+ms instance=\d+ request=[0-9a-f-]{36}$", log, re.M)
+    assert len(re.findall(r"^capctl serve: (GET|POST|DELETE) ", log, re.M)) == 8
+    for value in GUEST.values():
+        assert value not in log
+
+
+def test_api_keys_are_checked_before_the_handler(serve: Callable[..., LocalApi], conn: Any) -> None:
+    api = serve(api_keys=["right-key"])
+
+    assert_problem(call(api, "POST", "/bookings", body=booking_body(), key="k1"), 403, "forbidden")
+    assert_problem(call(api, "POST", "/bookings", body=booking_body(), key="k2", api_key="wrong-key"), 403, "forbidden")
+    assert_problem(availability(api, "Right-Key"), 403, "forbidden")
+
+    assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM observability_events").fetchone()["n"] == 0
+    assert sum(i["invocations"] for i in api.health()["instances"]) == 0
+    assert availability(api, "right-key").status == 200
+
+    # Ctrl-C stops it cleanly too.
+    assert api.process is not None
+    api.process.send_signal(signal.SIGINT)
+    assert api.process.wait(15) == 0
+    assert "Traceback" not in api.log_text()
+
+
+def test_usage_plan_throttles_each_key_with_retry_after(serve: Callable[..., LocalApi]) -> None:
+    # A bucket of 2 that refills once every 100 s: the third request in a row is throttled.
+    api = serve(api_keys=["a", "b"], rate=0.01, burst=2)
+
+    assert [availability(api, "a").status for _ in range(2)] == [200, 200]
+    throttled = availability(api, "a")
+    assert_problem(throttled, 429, "rate_limited")
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 100
+    assert availability(api, "b").status == 200  # every key has its own bucket
+    assert_problem(availability(api, None), 403, "forbidden")  # the key is checked before throttling
+    assert sum(i["invocations"] for i in api.health()["instances"]) == 3
+
+
+def test_oversized_body_is_refused_before_the_handler(serve: Callable[..., LocalApi], conn: Any) -> None:
+    api = serve()
+    big = booking_body(notes="x" * 10_240)
+
+    assert_problem(call(api, "POST", "/bookings", body=big, key="big-1"), 413, "payload_too_large")
+    chunked = iter([json.dumps(big).encode()])  # no Content-Length: the stream itself is counted
+    assert_problem(call(api, "POST", "/bookings", data=chunked, key="big-2"), 413, "payload_too_large")
+
+    assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 0
+    assert sum(i["invocations"] for i in api.health()["instances"]) == 0
+    assert call(api, "POST", "/bookings", body=booking_body(notes="x" * 1000), key="ok-1").status == 201
+
+
+async def _post_many(base_url: str, bodies: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, str, Any]]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def post(key: str, body: dict[str, Any]) -> tuple[int, str, Any]:
+            headers = {"Idempotency-Key": key, "x-api-key": "load"}
+            async with session.post(base_url + "/bookings", json=body, headers=headers) as response:
+                return response.status, response.headers[INSTANCE_HEADER], await response.json(content_type=None)
+
+        return await asyncio.gather(*(post(key, body) for key, body in bodies))
+
+
+def test_hot_slot_under_100_concurrent_requests_never_overbooks(serve: Callable[..., LocalApi], conn: Any) -> None:
+    api = serve(instances=4)
+    bodies = [(f"hot-{n}", booking_body(partySize=1)) for n in range(100)]
+
+    results = asyncio.run(_post_many(api.base_url, bodies))
+
+    statuses = Counter(status for status, _, _ in results)
+    assert statuses == {201: 20, 409: 80}
+    assert {body["code"] for status, _, body in results if status == 409} == {"capacity_exceeded"}
+    assert confirmed(conn) == (20, 20)
+    health = api.health()
+    ids = {str(i["id"]) for i in health["instances"]}
+    assert len(ids) == 4
+    assert {instance for _, instance, _ in results} == ids  # the queue fed every instance
+    assert sum(i["invocations"] for i in health["instances"]) == 100
+    assert [i["maxConcurrency"] for i in health["instances"]] == [1, 1, 1, 1]
+
+
+def test_each_instance_handles_one_request_at_a_time(
+    serve: Callable[..., LocalApi], conn: Any, table_lock: psycopg.Connection[Any]
+) -> None:
+    api = serve(instances=2, env=WAIT_ON_LOCKS)
+    times = ["17:00", "17:15", "17:30", "17:45", "18:00", "18:15"]
+    own_pids = (conn.info.backend_pid, table_lock.info.backend_pid)
+
+    with ThreadPoolExecutor(len(times)) as pool:
+        futures = [
+            pool.submit(call, api, "POST", "/bookings", body=booking_body(time=t), key=f"iso-{t}") for t in times
+        ]
+        # Two requests wait on the lock, each inside its own instance on its own connection;
+        # the other four wait in the gateway, not inside an instance.
+        health = wait_for(lambda: (h := api.health())["queued"] == 4 and h, "four queued requests")
+        assert [i["busy"] for i in health["instances"]] == [True, True]
+        wait_for(lambda: _lock_waiters(conn, own_pids) == 2, "two backends waiting on the lock")
+        assert _app_backends(conn, own_pids) == 2
+        table_lock.commit()
+        replies = [f.result(timeout=60) for f in futures]
+
+    assert [r.status for r in replies] == [201] * 6
+    health = api.health()
+    assert Counter(r.headers[INSTANCE_HEADER] for r in replies).keys() == {str(i["id"]) for i in health["instances"]}
+    assert [i["maxConcurrency"] for i in health["instances"]] == [1, 1]
+    assert [confirmed(conn, t) for t in times] == [(1, 2)] * 6
+
+
+def _lock_waiters(conn: Any, exclude: tuple[int, ...]) -> int:
+    return conn.execute(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> ALL(%s)",
+        (list(exclude),),
+    ).fetchone()["n"]
+
+
+def _app_backends(conn: Any, exclude: tuple[int, ...]) -> int:
+    """Client connections to the test database other than the test's own."""
+    return conn.execute(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> ALL(%s)",
+        (list(exclude),),
+    ).fetchone()["n"]
+
+
+def _in_background(fn: Callable[[], Reply]) -> Future[Reply]:
+    future: Future[Reply] = Future()
+    threading.Thread(target=lambda: future.set_result(fn()), daemon=True).start()
+    return future
+
+
+def test_a_crashed_instance_is_replaced_and_its_request_gets_502(
+    serve: Callable[..., LocalApi], table_lock: psycopg.Connection[Any]
+) -> None:
+    api = serve(instances=1, env=WAIT_ON_LOCKS)
+    first = api.health()["instances"][0]
+
+    pending = _in_background(lambda: call(api, "POST", "/bookings", body=booking_body(), key="crash-1"))
+    wait_for(lambda: api.health()["instances"][0]["busy"], "the instance to be busy")
+    os.kill(first["pid"], signal.SIGKILL)
+    reply = pending.result(timeout=30)
+
+    assert reply.status == 502
+    assert reply.headers["Content-Type"] == PROBLEM
+    assert reply.body["status"] == 502 and reply.body["code"] == "bad_gateway"
+    assert reply.headers[INSTANCE_HEADER] == str(first["id"])
+    table_lock.commit()
+    replacement = wait_for(lambda: api.health()["instances"], "a replacement instance")[0]
+    assert (replacement["id"], replacement["pid"]) != (first["id"], first["pid"])
+    after = call(api, "POST", "/bookings", body=booking_body(time="20:00"), key="crash-2")
+    assert after.status == 201
+    assert after.headers[INSTANCE_HEADER] == str(replacement["id"])
+
+
+def test_a_timed_out_instance_is_killed_replaced_and_answered_504(
+    serve: Callable[..., LocalApi], table_lock: psycopg.Connection[Any]
+) -> None:
+    api = serve(instances=1, timeout_s=1, env=WAIT_ON_LOCKS)
+    first = api.health()["instances"][0]
+
+    reply = call(api, "POST", "/bookings", body=booking_body(), key="slow-1")
+
+    assert reply.status == 504
+    assert reply.headers["Content-Type"] == PROBLEM
+    assert reply.body["status"] == 504 and reply.body["code"] == "gateway_timeout"
+    replacement = wait_for(lambda: api.health()["instances"], "a replacement instance")[0]
+    assert replacement["id"] != first["id"]
+    wait_for(lambda: pid_gone(first["pid"]), "the timed-out instance to be gone")
+    table_lock.commit()
+    after = call(api, "POST", "/bookings", body=booking_body(time="20:00"), key="slow-2")
+    assert after.status == 201
+    assert after.headers[INSTANCE_HEADER] == str(replacement["id"])
+
+
+def test_a_port_in_use_is_a_one_line_error(seeded_db: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "capctl.cli", "serve", "--port", str(port)],
+            check=False,
+            env={**os.environ, "DATABASE_URL": seeded_db},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == f"capctl: error: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_an_instance_that_died_while_idle_is_replaced_before_the_next_request(
+    serve: Callable[..., LocalApi],
+) -> None:
+    api = serve(instances=1)
+    first = api.health()["instances"][0]
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: pid_gone(first["pid"]), "the instance to be gone")
+
+    reply = call(api, "POST", "/bookings", body=booking_body(), key="idle-death-1")
+
+    assert reply.status == 201  # a cold start on a fresh instance, not an error
+    (replacement,) = api.health()["instances"]
+    assert replacement["id"] != first["id"]
+    assert reply.headers[INSTANCE_HEADER] == str(replacement["id"])
+
+
+def test_stopping_answers_what_is_in_flight_or_queued_and_exits_0(
+    serve: Callable[..., LocalApi], table_lock: psycopg.Connection[Any]
+) -> None:
+    api = serve(instances=1, env=WAIT_ON_LOCKS)
+    pid = api.health()["instances"][0]["pid"]
+    pending = [
+        _in_background(lambda n=n: call(api, "POST", "/bookings", body=booking_body(), key=f"stop-{n}"))
+        for n in range(3)
+    ]
+    wait_for(lambda: api.health()["queued"] == 2, "one request in flight and two queued")
+
+    assert api.stop() == 0
+
+    for future in pending:
+        assert_problem(future.result(timeout=30), 503, "service_unavailable")
+    assert pid_gone(pid)
+    assert "Traceback" not in api.log_text()

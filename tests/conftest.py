@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from capctl.handlers import load_handler
 from capctl.migrate import migrate
 from capctl.seed import SeedFile, apply_seed
+from tests.alerting import REGION, Receiver, Topic, sns_topic, webhook_receiver
 from tests.support import BASE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,3 +121,25 @@ def booking_app(seeded_db: str, handler_env: Callable[..., None]) -> Any:
     yield module
     module.service.db.close()
     settings.booking_settings.cache_clear()
+
+
+# -- alert channels (test_alerts, test_alerts_cli, test_scheduled_events) ----------------------
+
+
+@pytest.fixture
+def topic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Topic]:
+    """An SNS topic faked by moto; ``topic.messages()`` reads back what was published."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with sns_topic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def webhook() -> Iterator[Receiver]:
+    """A Slack-style receiver on 127.0.0.1 answering ``webhook.status``."""
+    with webhook_receiver() as receiver:
+        yield receiver

@@ -14,13 +14,14 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from capacity.alerts import AlertChecker, CheckAlertsSettings
+from capacity.alerts import AlertChecker
 from capacity.db import Database
 from capacity.notifiers import notifiers_from_settings
 from capacity.outcomes import MetricName
+from capacity.settings import AlertSettings
 
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
-settings = CheckAlertsSettings.from_env()
+settings = AlertSettings.from_env()
 logger = Logger(service=settings.service_name)
 metrics = Metrics(namespace=settings.metrics_namespace, service=settings.service_name)
 metrics.set_default_dimensions(environment=settings.environment)

@@ -12,10 +12,10 @@ import argparse
 import json
 from typing import Any
 
-from capacity.alerts import AlertChecker, AlertRunSummary, CheckAlertsSettings
+from capacity.alerts import AlertChecker, AlertRunSummary
 from capacity.notifiers import notifiers_from_settings
 from capacity.rollup import RollupSummary, run_rollup
-from capacity.settings import RollupSettings, SettingsError
+from capacity.settings import AlertSettings, RollupSettings, SettingsError
 from capctl import database
 from capctl.errors import UserError
 
@@ -70,7 +70,7 @@ def _rollup(args: argparse.Namespace) -> int:
 
 def _check_alerts(args: argparse.Namespace) -> int:
     try:
-        settings = CheckAlertsSettings.from_env()
+        settings = AlertSettings.from_env()
     except SettingsError as exc:
         raise UserError(str(exc)) from None
     checker = AlertChecker(settings, notifiers_from_settings(settings))

@@ -8,13 +8,8 @@ import json
 import pytest
 
 from capctl import cli
-from tests.integration import test_alerts as alerts_support
-from tests.integration.test_alerts import overbook, slot_date
+from tests.alerting import overbook, slot_date
 from tests.support import RESTAURANT_ID
-
-# The SNS topic (moto) and webhook receiver fixtures of test_alerts.
-topic = alerts_support.topic
-webhook = alerts_support.webhook
 
 ALERT_ENV = ("ALERT_TOPIC_ARN", "ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET_ARN", "ALERTS_INCLUDE_LOAD_TEST")
 

@@ -12,7 +12,7 @@ import pytest
 
 from capacity import rollup
 from capacity.rollup import run_rollup
-from tests.integration.test_alerts import OTHER_ID, insert_booking, insert_event
+from tests.alerting import OTHER_ID, insert_booking, insert_event
 from tests.support import RESTAURANT_ID
 
 # Friday 2030-06-14, 19:30 UTC = 20:30 in London (BST). With 3 hours the window is

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from capctl import cli
-from tests.integration.test_alerts import insert_event
+from tests.alerting import insert_event
 from tests.support import RESTAURANT_ID
 
 

@@ -15,13 +15,8 @@ from capacity.db import DatabaseUnavailable
 from capacity.settings import SettingsError
 from capctl.apigw import LambdaContext
 from capctl.handlers import load_handler
-from tests.integration import test_alerts as alerts_support
-from tests.integration.test_alerts import GUEST, insert_event, overbook, slot_date
+from tests.alerting import GUEST, insert_event, overbook, slot_date
 from tests.support import RESTAURANT_ID
-
-# The SNS topic (moto) and webhook receiver fixtures of test_alerts.
-topic = alerts_support.topic
-webhook = alerts_support.webhook
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

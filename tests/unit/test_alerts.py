@@ -12,7 +12,6 @@ import pytest
 from capacity.alerts import (
     Action,
     AlertRunSummary,
-    CheckAlertsSettings,
     Delivery,
     Finding,
     IncidentKey,
@@ -27,13 +26,13 @@ from capacity.alerts import (
 )
 from capacity.notifiers import AlertKind
 from capacity.reconcile import SlotState
-from capacity.settings import SettingsError
+from capacity.settings import AlertSettings, SettingsError
 
 A = UUID("11111111-2222-4333-8444-555555555555")
 B = UUID("99999999-8888-4777-8666-555555555555")
 NOW = dt.datetime(2030, 6, 14, 19, 30, tzinfo=dt.UTC)
 COOLDOWN = dt.timedelta(minutes=60)
-SETTINGS = CheckAlertsSettings.from_env({"ENVIRONMENT": "test"})
+SETTINGS = AlertSettings.from_env({"ENVIRONMENT": "test"})
 
 
 class TestConflictRateThreshold:
@@ -242,16 +241,16 @@ class TestSettings:
         ],
     )
     def test_topic_arn_accepted(self, arn):
-        assert CheckAlertsSettings.from_env({"ALERT_TOPIC_ARN": arn}).alert_topic_arn == arn
+        assert AlertSettings.from_env({"ALERT_TOPIC_ARN": arn}).alert_topic_arn == arn
 
     @pytest.mark.parametrize(
         "arn", ["capacity-alerts", "arn:aws:sqs:eu-west-1:123456789012:q", "arn:aws:sns:eu-west-1:123:alerts"]
     )
     def test_topic_arn_refused_with_the_variable_named(self, arn):
         with pytest.raises(SettingsError, match=r"invalid setting ALERT_TOPIC_ARN: .*SNS topic ARN"):
-            CheckAlertsSettings.from_env({"ALERT_TOPIC_ARN": arn})
+            AlertSettings.from_env({"ALERT_TOPIC_ARN": arn})
 
     def test_defaults_from_the_contract(self):
-        s = CheckAlertsSettings.from_env({})
+        s = AlertSettings.from_env({})
         assert (s.conflict_rate_threshold, s.conflict_min_requests, s.alert_cooldown_minutes) == (0.05, 20, 60)
         assert (s.alert_topic_arn, s.alert_webhook_url, s.include_load_test) == (None, None, False)

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from capacity.alerts import CheckAlertsSettings
 from capacity.outcomes import PROBLEM_CONTENT_TYPE, PROBLEM_TITLES, MetricName, ProblemCode, problem_body
-from capacity.settings import BookingSettings, DatabaseSettings, RollupSettings, SettingsError
+from capacity.settings import AlertSettings, BookingSettings, DatabaseSettings, RollupSettings, SettingsError
 from capctl.apigw import RESOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +37,7 @@ POWERTOOLS_ENV = frozenset({"POWERTOOLS_TRACER_CAPTURE_RESPONSE", "POWERTOOLS_TR
 SETTINGS_OF_FUNCTION: dict[str, type[DatabaseSettings]] = {
     "CreateBookingFunction": BookingSettings,
     "RollupMetricsFunction": RollupSettings,
-    "CheckAlertsFunction": CheckAlertsSettings,
+    "CheckAlertsFunction": AlertSettings,
 }
 NS = "__NAMESPACE__"  # what ${MetricsNamespace} becomes when the dashboard body is rendered
 SERVICE = "capacity-engine"

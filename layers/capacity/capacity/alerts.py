@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -30,7 +29,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.types.json import Jsonb
-from pydantic import field_validator
 
 from capacity.db import DictConnection
 from capacity.notifiers import AlertKind, Channel, DeliveryError, Notice, NoticeType, Notifier
@@ -39,23 +37,10 @@ from capacity.reconcile import SlotState, slot_states
 from capacity.rollup import REQUEST_COUNTERS, SYNTHETIC_EVENT
 from capacity.settings import AlertSettings
 
-_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
-
 RATE_WINDOW = dt.timedelta(hours=1)
 RETRY_HORIZON = dt.timedelta(hours=24)  # an unsent notice older than this is not worth sending
 _ALERTS_LOCK_ID = 7_347_203
 RECONCILE_SOURCE = "reconcile"
-
-
-class CheckAlertsSettings(AlertSettings):
-    """AlertSettings, with the topic ARN checked at cold start rather than at the first publish."""
-
-    @field_validator("alert_topic_arn")
-    @classmethod
-    def _topic_arn(cls, value: str | None) -> str | None:
-        if value is not None and not _TOPIC_ARN.fullmatch(value):
-            raise ValueError("must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
-        return value
 
 
 class Severity(StrEnum):

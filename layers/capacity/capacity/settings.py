@@ -7,11 +7,14 @@ the variable, so a misconfigured function fails at init rather than on some late
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 
 
 class SettingsError(RuntimeError):
@@ -77,6 +80,14 @@ class AlertSettings(DatabaseSettings):
     include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
     reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
     reconcile_future_days: int = Field(default=60, ge=0, le=366, alias="RECONCILE_FUTURE_DAYS")
+
+    @field_validator("alert_topic_arn")
+    @classmethod
+    def _topic_arn(cls, value: str | None) -> str | None:
+        # Checked at cold start rather than failing at the first publish.
+        if value is not None and not _TOPIC_ARN.fullmatch(value):
+            raise ValueError("must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        return value
 
     @field_validator("alert_webhook_url")
     @classmethod

@@ -183,20 +183,8 @@ class BookingService:
             raise _field_error("date", "the slot is in the past")
 
         capacity = rules.capacity(request.date, slot_time)
-        metadata = {
-            "restaurantId": str(request.restaurant_id),
-            "date": request.date.isoformat(),
-            "time": request.time,
-            "attempts": attempt,
-            "source": request.source,
-            "partySize": request.party_size,
-        }
-        if caller.run_id:
-            metadata["runId"] = caller.run_id
-        conflict_events = [
-            repo.Event(EventType.CONFLICT, {**metadata, "attempt": n, "error": code})
-            for n, code in enumerate(failures, start=1)
-        ]
+        metadata = _event_metadata(request, caller, attempt)
+        conflict_events = _conflict_events(metadata, failures)
         if capacity.closed:
             return self._refuse(request, caller, fp, restaurant, capacity, metadata, conflict_events, False)
 
@@ -322,21 +310,11 @@ class BookingService:
 
     def _record_exhaustion(self, request: BookingRequest, caller: Caller, failures: list[str]) -> None:
         """Best effort: the database may be what failed. Nothing is stored under the key (5xx)."""
-        metadata: dict[str, Any] = {
-            "restaurantId": str(request.restaurant_id),
-            "date": request.date.isoformat(),
-            "time": request.time,
-            "attempts": len(failures),
-            "source": request.source,
-            "partySize": request.party_size,
-        }
-        if caller.run_id:
-            metadata["runId"] = caller.run_id
+        metadata = _event_metadata(request, caller, len(failures))
         events = [
-            repo.Event(EventType.CONFLICT, {**metadata, "attempt": n, "error": code})
-            for n, code in enumerate(failures, start=1)
+            *_conflict_events(metadata, failures),
+            repo.Event(EventType.RETRY_EXHAUSTED, {**metadata, "errors": failures}),
         ]
-        events.append(repo.Event(EventType.RETRY_EXHAUSTED, {**metadata, "errors": failures}))
         try:
             repo.record_events(self.db.connection(), request.restaurant_id, events)
         except (psycopg.Error, DatabaseUnavailable):
@@ -395,6 +373,29 @@ class BookingService:
             # Already cancelled (a no-op that answers the same) or not this tenant's.
             return self.get(booking_id, tenant)
         return {"booking": booking_view(row)}
+
+
+def _event_metadata(request: BookingRequest, caller: Caller, attempts: int) -> dict[str, Any]:
+    """What every event of a request carries (contract section 4) — never guest data."""
+    metadata: dict[str, Any] = {
+        "restaurantId": str(request.restaurant_id),
+        "date": request.date.isoformat(),
+        "time": request.time,
+        "attempts": attempts,
+        "source": request.source,
+        "partySize": request.party_size,
+    }
+    if caller.run_id:
+        metadata["runId"] = caller.run_id
+    return metadata
+
+
+def _conflict_events(metadata: dict[str, Any], failures: list[str]) -> list[repo.Event]:
+    """One booking.conflict per retried transient failure, with its SQLSTATE."""
+    return [
+        repo.Event(EventType.CONFLICT, {**metadata, "attempt": n, "error": code})
+        for n, code in enumerate(failures, start=1)
+    ]
 
 
 def _field_error(field_name: str, message: str) -> ProblemError:

@@ -1,15 +1,465 @@
-"""Placeholder: being written."""
+"""`capctl demo`: the whole main job, end to end, on this machine.
+
+1. the database: DATABASE_URL, else the embedded PostgreSQL (`capctl db up`), migrated and seeded
+   with load/seed.json;
+2. stand-ins for the outside world on 127.0.0.1: a moto server (an SNS topic with an SQS queue
+   subscribed, so published alerts can be read back) and a Slack-compatible webhook sink;
+3. the API: `capctl serve` with 4 Lambda-like instances, a generated API key and a usage plan;
+4. the Artillery load test (load/capacity-load.yml, 50+ concurrent diners) with its verification
+   and report;
+5. the scheduled functions once: `capctl rollup`, then `capctl check-alerts` delivering to the
+   topic and the webhook, with load-test traffic included (ALERTS_INCLUDE_LOAD_TEST=true);
+6. what was delivered, read back from the queue and the sink; then cleanup of the synthetic
+   bookings and every process it started is stopped, also on failure or Ctrl-C.
+
+Exit code: the load test's (0 passed, 1 failed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
+from capctl import load as load_test
 from capctl.errors import UserError
+from capctl.webhook_sink import WebhookSink
+
+SEED_FILE = Path("load/seed.json")
+REGION = "us-east-1"
+TOPIC_NAME = "capacity-alerts-demo"
+QUEUE_NAME = "capacity-alerts-demo-inbox"
+INSTANCES = 4
+# The usage plan of the demo key: well above the ~120 requests/s the scenario peaks at.
+RATE, BURST = 400, 800
+READY_LINE = re.compile(r"^serving \S+ on (?P<url>http://\S+) with \d+ instances?$")
+START_TIMEOUT_S = 90.0
+# Alert settings of the demo, unless the environment sets them. A lost race needs two requests
+# between one's read and its one-statement write, so even 10x demand on a few slots loses well
+# under 1 % of requests on this machine: the production threshold (5 %) would show nothing. The
+# short cooldown lets a second demo within the hour deliver again (as a reminder).
+DEMO_ALERT_SETTINGS = {
+    "CONFLICT_RATE_THRESHOLD": "0.0005",
+    "CONFLICT_MIN_REQUESTS": "20",
+    "ALERT_COOLDOWN_MINUTES": "1",
+}
+_RUN_CONFLICTS = """
+SELECT e.restaurant_id::text AS restaurant_id,
+       count(*) FILTER (WHERE e.event_type IN ('booking.success', 'booking.capacity_exceeded',
+                                               'booking.retry_exhausted'))::int AS requests,
+       count(*) FILTER (WHERE e.event_type = 'booking.overbook_prevented')::int AS lost_races,
+       count(*) FILTER (WHERE e.event_type = 'booking.conflict')::int AS retried
+  FROM observability_events e
+ WHERE e.metadata ->> 'runId' = %(run_id)s
+ GROUP BY 1 ORDER BY 1
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    pass
+    parser.add_argument("--smoke", action="store_true", help="the reduced scenario (~15 s) instead of the full one")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic bookings afterwards")
+    parser.add_argument("--report-dir", type=Path, default=load_test.DEFAULT_REPORT_DIR)
 
 
-def run(args: argparse.Namespace, command: str) -> int:
-    raise UserError(f"capctl {command} is not built yet")
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child in its own process group, stopped (SIGTERM, then SIGKILL) with everything it forked."""
+
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(  # noqa: S603 (fixed command lines, no shell)
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=dict(env),
+            start_new_session=True,
+        )
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+        """The first stdout line matching ``pattern``; the rest of stdout goes to the log."""
+        found: list[re.Match[str]] = []
+        ready = threading.Event()
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+
+        def read() -> None:
+            for line in stdout:
+                m = pattern.match(line.strip())
+                if m and not found:
+                    found.append(m)
+                    ready.set()
+                else:
+                    self._log.write(line)
+            ready.set()
+
+        threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True).start()
+        ready.wait(timeout_s)
+        if not found:
+            self.stop()
+            raise UserError(f"{self.name} did not start within {timeout_s:.0f} s: see {self.log_path}")
+        return found[0]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def wait_http(url: str, timeout_s: float, ok: Sequence[int] = (200,)) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own 127.0.0.1 URL)
+                if response.status in ok:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise UserError(f"{url} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- AWS stand-in
+
+
+def moto_server_binary() -> str:
+    beside = Path(sys.executable).parent / "moto_server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("moto_server")
+    if found is None:
+        raise UserError("moto_server not found: install the dev requirements (`make setup`)")
+    return found
+
+
+class AlertInbox:
+    """An SNS topic with an SQS queue subscribed: what the alert check publishes, read back."""
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+
+        kwargs: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "region_name": REGION,
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+        }
+        self.sns = boto3.client("sns", **kwargs)
+        self.sqs = boto3.client("sqs", **kwargs)
+        self.topic_arn: str = self.sns.create_topic(Name=TOPIC_NAME)["TopicArn"]
+        self.queue_url: str = self.sqs.create_queue(QueueName=QUEUE_NAME)["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        self.sns.subscribe(TopicArn=self.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every notice published so far: {subject, message} from the SNS envelopes."""
+        found: list[dict[str, Any]] = []
+        while True:
+            batch = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            items = batch.get("Messages") or []
+            if not items:
+                return found
+            for item in items:
+                envelope = json.loads(item["Body"])
+                found.append({"subject": envelope.get("Subject"), "message": envelope.get("Message", "")})
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=item["ReceiptHandle"])
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _step(out: TextIO, text: str) -> None:
+    print(f"\n== {text}", file=out, flush=True)
+
+
+def prepare_database(out: TextIO) -> str:
+    from capctl import database
+    from capctl.migrate import migrate
+    from capctl.seed import apply_seed, load_seed
+
+    url = database.database_url(required=False) or database.start_embedded()
+    with database.connection(url) as conn:
+        applied = migrate(conn)
+        counts = apply_seed(conn, load_seed(load_test.resolve_path(SEED_FILE)))
+    where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else f"embedded PostgreSQL ({database.state_dir()})"
+    print(
+        f"   {where}: {'applied ' + ', '.join(applied) if applied else 'schema up to date'}; "
+        f"seeded {counts['restaurants']} restaurants from {SEED_FILE}",
+        file=out,
+    )
+    return url
+
+
+def seed_restaurant_ids() -> list[str]:
+    data = json.loads(load_test.resolve_path(SEED_FILE).read_text())
+    return [str(r["id"]) for r in data["restaurants"]]
+
+
+def run_capctl(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 300) -> dict[str, Any]:
+    """`capctl …` as a subprocess (its own settings from ``env``); its --json output, parsed."""
+    result = subprocess.run(  # noqa: S603 (fixed command lines, no shell)
+        [sys.executable, "-m", "capctl.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise UserError(f"capctl {args[0]} failed: {message}")
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
+
+
+def print_run_conflicts(database_url: str, run_id: str, names: Mapping[str, str], out: TextIO) -> None:
+    """Per restaurant, what the conflict-rate alert measures, for this run's requests alone."""
+    from capctl.database import connection
+
+    with connection(database_url) as conn:
+        rows = conn.execute(_RUN_CONFLICTS, {"run_id": run_id}).fetchall()
+    for r in rows:
+        conflicts = r["lost_races"] + r["retried"]
+        rate = conflicts / r["requests"] if r["requests"] else 0.0
+        print(
+            f"   this run at {names.get(r['restaurant_id'], r['restaurant_id'])}: {r['requests']} requests, "
+            f"{r['lost_races']} lost races, {r['retried']} retried failures: conflict rate {rate:.2%}",
+            file=out,
+        )
+
+
+def _figures_line(alert: str, figures: Mapping[str, Any]) -> str:
+    if alert == "conflict_rate" and {"conflicts", "requests", "conflictRate", "threshold"} <= figures.keys():
+        return (
+            f"{figures['conflicts']} of {figures['requests']} requests in the last hour met a conflict "
+            f"({float(figures['conflictRate']):.2%} > {float(figures['threshold']):.2%})"
+        )
+    return json.dumps(dict(figures), default=str)
+
+
+def explain_alerts(summary: Mapping[str, Any], names: Mapping[str, str], out: TextIO) -> None:
+    transitions = summary.get("transitions") or []
+    if not transitions:
+        print(
+            "   no alert opened: no slot is over capacity (reconciled from bookings) and no restaurant's "
+            "conflict rate (lost races + retried requests / requests, last hour) or retry exhaustion "
+            "crossed its threshold",
+            file=out,
+        )
+    for t in transitions:
+        name = t.get("restaurantName") or names.get(t["restaurantId"], t["restaurantId"])
+        incident = f" {t['incident']}" if t.get("incident") else ""
+        print(f"   {t['action'].upper():<8} {t['alert']}{incident} ({t['severity']}) at {name}", file=out)
+        if t.get("figures"):
+            print(f"            {_figures_line(t['alert'], t['figures'])}", file=out)
+    actions = {(t["alert"], t["action"]) for t in transitions}
+    if ("conflict_rate", "open") in actions or ("conflict_rate", "remind") in actions:
+        print(
+            "   why the conflict-rate alert fires: the contention phase sends every diner at the same few slots "
+            "at the same instant; a request whose own read saw room but lost the race to a concurrent booking "
+            "is refused by the guarded write (booking.overbook_prevented) - a conflict. Nothing was overbooked: "
+            "the guard held. ALERTS_INCLUDE_LOAD_TEST=true lets this synthetic traffic count (live alerting "
+            "leaves it out), and the demo's threshold is low because lost races stay rare on this path.",
+            file=out,
+        )
+    if any(t["alert"] == "overbooking" and t["action"] in ("open", "remind") for t in transitions):
+        print("   OVERBOOKING: a slot's confirmed covers exceed its capacity - investigate at once", file=out)
+    if any(t["action"] == "update" for t in transitions):
+        print("   (an incident still open inside its cooldown is updated, not notified again)", file=out)
+
+
+def print_delivered(inbox: AlertInbox, sink: WebhookSink, out: TextIO) -> None:
+    published = inbox.messages()
+    posted = sink.messages()
+    print(f"   SNS topic {inbox.topic_arn} -> SQS queue: {len(published)} message(s)", file=out)
+    for m in published:
+        print(f"     - {m['subject'] or (m['message'] or '').strip()[:120]}", file=out)
+    print(f"   webhook {sink.url}: {len(posted)} message(s)", file=out)
+    for body in posted:
+        text = str(body.get("text", "")).strip().splitlines() if isinstance(body, dict) else []
+        print(f"     - {text[0] if text else json.dumps(body)[:120]}", file=out)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    started = time.monotonic()
+    artillery = load_test.find_artillery(os.environ)
+    moto = moto_server_binary()
+    run_id = load_test.new_run_id(dt.datetime.now(dt.UTC))
+    logs = Path(tempfile.mkdtemp(prefix="capctl-demo-"))
+    with contextlib.ExitStack() as stack:
+        _step(out, "1/6 database")
+        database_url = prepare_database(out)
+        base_env = dict(os.environ)
+        base_env.update(
+            {
+                "DATABASE_URL": database_url,
+                "ENVIRONMENT": "demo",
+                "POWERTOOLS_TRACE_DISABLED": "1",
+                "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineDemo",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+            }
+        )
+        # Whatever happens next, the run's synthetic bookings do not stay behind (unless --keep).
+        if not args.keep:
+            stack.callback(_cleanup_quietly, database_url, run_id)
+
+        _step(out, "2/6 AWS and Slack stand-ins on 127.0.0.1")
+        moto_port = free_port()
+        moto_process = Process(
+            "moto_server", [moto, "-H", "127.0.0.1", "-p", str(moto_port)], base_env, logs / "moto.log"
+        )
+        stack.callback(moto_process.stop)
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        wait_http(f"{endpoint}/moto-api/", START_TIMEOUT_S, ok=(200, 404))
+        inbox = AlertInbox(endpoint)
+        sink = stack.enter_context(WebhookSink())
+        print(f"   moto server {endpoint}: topic {inbox.topic_arn}, queue {QUEUE_NAME} subscribed", file=out)
+        print(f"   webhook sink {sink.url}", file=out)
+
+        _step(out, f"3/6 local API: capctl serve, {INSTANCES} instances, usage plan {RATE}/s burst {BURST}")
+        api_key = "demo-" + secrets.token_hex(12)
+        serve = Process(
+            "capctl serve",
+            [
+                sys.executable, "-m", "capctl.cli", "serve", "--port", "0", "--instances", str(INSTANCES),
+                "--api-key", api_key, "--rate", str(RATE), "--burst", str(BURST),
+            ],
+            base_env,
+            logs / "serve.log",
+        )  # fmt: skip
+        stack.callback(serve.stop)
+        base_url = serve.wait_for_line(READY_LINE, START_TIMEOUT_S)["url"]
+        wait_http(f"{base_url}/__health", START_TIMEOUT_S)
+        print(f"   {base_url} (access log {serve.log_path})", file=out)
+
+        _step(out, "4/6 load test")
+        options = load_test.LoadOptions(
+            base_url=base_url,
+            service_key=api_key,
+            restaurant_ids=seed_restaurant_ids(),
+            scenario=load_test.resolve_path(load_test.SMOKE_SCENARIO if args.smoke else load_test.DEFAULT_SCENARIO),
+            report_dir=args.report_dir,
+            run_id=run_id,
+            keep=True,  # rollup and the alert check read the run's rows first; cleanup comes last
+            database_url=database_url,
+            artillery=artillery,
+        )
+        result = load_test.run_load(options, env=base_env, out=out)
+
+        _step(out, "5/6 scheduled functions: rollup, then the alert check (load-test traffic included)")
+        alert_env = {**DEMO_ALERT_SETTINGS, **base_env}
+        alert_env.update(
+            {
+                "AWS_ENDPOINT_URL_SNS": endpoint,
+                "ALERT_TOPIC_ARN": inbox.topic_arn,
+                "ALERT_WEBHOOK_URL": sink.url,
+                "ALERTS_INCLUDE_LOAD_TEST": "true",
+            }
+        )
+        threshold = float(alert_env["CONFLICT_RATE_THRESHOLD"])
+        print(
+            f"   alert settings: conflict rate > {threshold:.2%} with >= {alert_env['CONFLICT_MIN_REQUESTS']} "
+            f"requests (production default 5.00%), cooldown {alert_env['ALERT_COOLDOWN_MINUTES']} min; "
+            "load-test traffic included",
+            file=out,
+        )
+        names = {
+            str(r["id"]): str(r["name"])
+            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
+        }
+        print_run_conflicts(database_url, run_id, names, out)
+        rollup = run_capctl(["rollup", "--json"], alert_env)
+        print(f"   rollup: {_rollup_line(rollup)}", file=out)
+        alerts = run_capctl(["check-alerts", "--json"], alert_env)
+        print(
+            f"   check-alerts: {alerts.get('restaurants', 0)} restaurants, {alerts.get('slotsChecked', 0)} booked "
+            f"slots; opened {alerts.get('opened', 0)}, resolved {alerts.get('resolved', 0)}, "
+            f"sent {alerts.get('sent', 0)}, delivery failures {alerts.get('deliveryFailures', 0)}",
+            file=out,
+        )
+        names = {
+            str(r["id"]): str(r["name"])
+            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
+        }
+        explain_alerts(alerts, names, out)
+
+        _step(out, "6/6 delivered alerts")
+        print_delivered(inbox, sink, out)
+
+        print(f"\nreport: {result.json_path}\n        {result.html_path}", file=out)
+        if not args.keep:
+            from capctl.cleanup import remove_synthetic
+            from capctl.database import connection
+
+            with connection(database_url) as conn:
+                cleaned = remove_synthetic(conn, source="load-test", run_id=run_id)
+            print(f"cleanup: {cleaned.describe()}", file=out)
+        verdict = "PASSED" if result.passed else "FAILED"
+        print(f"demo finished in {time.monotonic() - started:.0f} s: load test {verdict}", file=out, flush=True)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(logs)
+    return 0 if result.passed else 1
+
+
+def _rollup_line(rollup: Mapping[str, Any]) -> str:
+    synthetic = rollup.get("synthetic") or {}
+    live = rollup.get("live") or {}
+    return (
+        f"{rollup.get('windowStart', '?')} .. {rollup.get('windowEnd', '?')}; "
+        f"synthetic rows {synthetic.get('rows', 0)}, live rows {live.get('rows', 0)}"
+    )
+
+
+def _cleanup_quietly(database_url: str, run_id: str) -> None:
+    from capctl.cleanup import remove_synthetic
+    from capctl.database import connection
+
+    with contextlib.suppress(Exception), connection(database_url) as conn:
+        remove_synthetic(conn, source="load-test", run_id=run_id)

@@ -1,0 +1,345 @@
+"""The load-test report: built from recorded Artillery output (tests/fixtures/artillery-*.json,
+real runs of load/capacity-*.yml), the pass/fail decision, the terminal table and the HTML page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capctl import report as reports
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RESTAURANT = "6f1c2a4e-8b1d-4c3e-9a7f-1d2b3c4d5e6f"
+STARTED = dt.datetime(2026, 11, 25, 9, 12, 7, tzinfo=dt.UTC)
+FINISHED = STARTED + dt.timedelta(seconds=20)
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+@pytest.fixture
+def passing_output() -> dict[str, Any]:
+    # The smoke scenario against capctl serve: 204 x 201 of which 48 replayed duplicates.
+    return load_fixture("artillery-smoke-pass.json")
+
+
+@pytest.fixture
+def failing_output() -> dict[str, Any]:
+    # A full run whose diners sent bookings off the slot grid: 35 x 422, ensure maxErrorRate failed.
+    return load_fixture("artillery-full-unexpected-422.json")
+
+
+def slot(time: str, confirmed: int, max_covers: int | None = 40, **extra: Any) -> dict[str, Any]:
+    return {
+        "restaurantId": RESTAURANT,
+        "date": "2026-12-26",
+        "time": time,
+        "maxCovers": max_covers,
+        "confirmedCovers": confirmed,
+        "bookedBefore": 0,
+        "byRun": confirmed,
+        **extra,
+    }
+
+
+def verification(**overrides: Any) -> reports.Verification:
+    values: dict[str, Any] = {
+        "mode": "database",
+        "slots": [slot("19:15", 40), slot("19:30", 39)],
+        "over_capacity": [],
+        "bookings_stored": 156,
+        "covers_stored": 385,
+        "duplicate_keys": 0,
+        "success_events": 156,
+        "events": {"booking.success": 156, "booking.capacity_exceeded": 19},
+    }
+    values.update(overrides)
+    return reports.Verification(**values)
+
+
+def build(
+    output: dict[str, Any] | None,
+    verified: reports.Verification,
+    exit_code: int | None = 0,
+    checks: list[reports.EnsureCheck] | None = None,
+) -> dict[str, Any]:
+    return reports.build_report(
+        run_id="lt-test",
+        started_at=STARTED,
+        finished_at=FINISHED,
+        base_url="http://127.0.0.1:3000",
+        restaurant_ids=[RESTAURANT],
+        dates=["2026-12-26", "2026-12-27"],
+        scenario="load/capacity-smoke.yml",
+        artillery_output=output,
+        artillery_exit_code=exit_code,
+        ensure_checks=checks if checks is not None else [reports.EnsureCheck("http.response_time.p99 < 2500", True)],
+        verification=verified,
+        hot_slots=[{"restaurantId": RESTAURANT, "date": "2026-12-26", "time": "19:15"}],
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+def test_a_clean_run_passes_with_the_contract_fields(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification())
+
+    assert report["passed"] is True
+    assert report["failures"] == []
+    assert report["runId"] == "lt-test"
+    assert report["startedAt"] == "2026-11-25T09:12:07Z"
+    assert report["finishedAt"] == "2026-11-25T09:12:27Z"
+    assert report["target"] == {
+        "baseUrl": "http://127.0.0.1:3000",
+        "restaurantIds": [RESTAURANT],
+        "dates": ["2026-12-26", "2026-12-27"],
+    }
+    # Artillery's own aggregate, as it wrote it.
+    assert report["artillery"]["aggregate"] == passing_output["aggregate"]
+    v = report["verification"]
+    assert v["overCapacitySlots"] == []
+    assert v["bookingsStored"] == 156
+    assert v["duplicateIdempotencyKeys"] == 0
+    assert v["slots"][0] == slot("19:15", 40)
+    assert report["events"] == {"booking.capacity_exceeded": 19, "booking.success": 156}
+    assert all(c["passed"] for c in v["checks"])
+
+
+def test_responses_201_leave_out_the_replayed_duplicates(passing_output: dict[str, Any]) -> None:
+    counters = passing_output["aggregate"]["counters"]
+    assert counters["http.codes.201"] == 204 and counters["bookings.replayed_201"] == 48
+
+    report = build(passing_output, verification())
+
+    assert report["verification"]["responses201"] == 156
+
+
+def test_more_201s_than_stored_bookings_fails(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification(bookings_stored=155, success_events=155))
+
+    assert report["passed"] is False
+    assert any(f.startswith("201 responses = bookings stored: 156 created") for f in report["failures"])
+
+
+def test_covers_answered_must_match_covers_stored(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification(covers_stored=384))
+
+    assert report["passed"] is False
+    assert any("385 covers answered 201, 384 stored" in f for f in report["failures"])
+
+
+def test_an_over_capacity_slot_fails_and_is_listed(passing_output: dict[str, Any]) -> None:
+    over = slot("19:45", 44)
+    report = build(passing_output, verification(slots=[slot("19:15", 40), over], over_capacity=[over]))
+
+    assert report["passed"] is False
+    assert report["verification"]["overCapacitySlots"] == [
+        {"restaurantId": RESTAURANT, "date": "2026-12-26", "time": "19:45", "maxCovers": 40, "confirmedCovers": 44}
+    ]
+    assert any("19:45: 44 > 40" in f for f in report["failures"])
+
+
+def test_duplicate_idempotency_keys_fail(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification(duplicate_keys=2))
+
+    assert report["passed"] is False
+    assert any(f.startswith("one booking per Idempotency-Key: 2 keys") for f in report["failures"])
+
+
+def test_ledger_differing_from_bookings_fails(passing_output: dict[str, Any]) -> None:
+    mismatch = {"restaurantId": RESTAURANT, "date": "2026-12-26", "time": "19:15", "ledger": 38, "confirmedCovers": 40}
+    report = build(passing_output, verification(ledger_mismatches=[mismatch]))
+
+    assert report["passed"] is False
+    assert any("19:15: ledger 38 vs 40" in f for f in report["failures"])
+
+
+def test_success_events_must_match_bookings(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification(success_events=150))
+
+    assert report["passed"] is False
+    assert any(
+        f.startswith("one booking.success event per booking: 150 events, 156 bookings") for f in report["failures"]
+    )
+
+
+def test_unexpected_statuses_and_failed_ensure_fail_the_run(failing_output: dict[str, Any]) -> None:
+    checks = reports.parse_ensure_checks(["Checks:", "ok: http.response_time.p99 < 2500", "fail: maxErrorRate < 0"])
+    # The database side of that run was clean: the failure must come from the responses alone.
+    clean = verification(bookings_stored=581, covers_stored=1424, success_events=581)
+
+    report = build(failing_output, clean, exit_code=1, checks=checks)
+
+    assert report["passed"] is False
+    failures = "\n".join(report["failures"])
+    assert "unexpected statuses {422: 35}" in failures
+    assert "failed expectations 35" in failures
+    assert "Artillery ensure: maxErrorRate < 0" in failures
+    assert "Artillery exit code 0: exit code 1" in failures
+    assert "201 responses" not in failures  # 581 = 581
+
+
+def test_a_probe_that_met_no_usage_plan_fails(passing_output: dict[str, Any]) -> None:
+    report = reports.build_report(
+        run_id="lt-probe",
+        started_at=STARTED,
+        finished_at=FINISHED,
+        base_url="http://127.0.0.1:3000",
+        restaurant_ids=[RESTAURANT],
+        dates=["2026-12-26"],
+        scenario="load/capacity-smoke.yml",
+        artillery_output=passing_output,
+        artillery_exit_code=0,
+        ensure_checks=[],
+        verification=verification(),
+        expect_rate_limit=True,
+    )
+
+    assert report["passed"] is False
+    assert report["failures"] == ["the probe met the usage plan (429): 0 requests answered 429"]
+
+
+def test_no_artillery_output_fails() -> None:
+    report = build(None, verification(), exit_code=2)
+
+    assert report["passed"] is False
+    assert report["artillery"]["aggregate"] is None
+    assert "Artillery produced results: no output file (exit code 2)" in report["failures"]
+
+
+def test_a_run_that_booked_nothing_fails(passing_output: dict[str, Any]) -> None:
+    counters = passing_output["aggregate"]["counters"]
+    counters["http.codes.201"] = 0
+    counters["bookings.replayed_201"] = 0
+    counters.pop("bookings.created_covers")
+
+    report = build(passing_output, verification(bookings_stored=0, covers_stored=0, success_events=0))
+
+    assert report["passed"] is False
+    assert "bookings were made: 0 bookings created by 201 responses" in report["failures"]
+
+
+def test_availability_mode_checks_what_it_can(passing_output: dict[str, Any]) -> None:
+    verified = reports.Verification(
+        mode="availability", slots=[slot("19:15", 40)], over_capacity=[], warnings=["no database access"]
+    )
+
+    report = build(passing_output, verified)
+
+    assert report["passed"] is True
+    assert report["verification"]["bookingsStored"] is None
+    assert report["verification"]["duplicateIdempotencyKeys"] is None
+    names = [c["name"] for c in report["verification"]["checks"]]
+    assert "201 responses = bookings stored" not in names
+    assert "no slot over capacity" in names
+
+
+def test_timeline_reduces_each_period(failing_output: dict[str, Any]) -> None:
+    points = reports.timeline(failing_output["intermediate"])
+
+    assert len(points) == len(failing_output["intermediate"])
+    assert [p["period"] for p in points] == sorted(p["period"] for p in points)
+    first = min(failing_output["intermediate"], key=lambda e: int(e["period"]))
+    assert points[0]["latencyMs"]["p99"] == first["summaries"]["http.response_time"]["p99"]
+    assert points[0]["requests"] == first["counters"]["http.requests"]
+    assert sum(p["codes"].get("422", 0) for p in points) == 35
+
+
+def test_parse_ensure_checks_reads_only_the_checks_block() -> None:
+    lines = [
+        "plugins.expect.ok: ...... 12",
+        "\x1b[32mok\x1b[39m: looks like a check but is before the block",
+        "Checks:",
+        "\x1b[32mok\x1b[39m: http.response_time.p99 < 2500",
+        "fail: maxErrorRate < 0 (optional)",
+    ]
+
+    checks = reports.parse_ensure_checks(lines)
+
+    assert checks == [
+        reports.EnsureCheck("http.response_time.p99 < 2500", True),
+        reports.EnsureCheck("maxErrorRate < 0", False),
+    ]
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, 1.0), (7, 8.0), (22.9, 24.0), (203, 240.0), (1000, 1000.0)])
+def test_axis_top_is_round_and_not_below_the_value(value: float, expected: float) -> None:
+    assert reports._nice_max(value) == expected
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_table_names_the_verdict_the_fullest_slots_and_every_check(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification())
+
+    table = reports.render_table(report)
+
+    assert table.splitlines()[0] == "Load test lt-test: PASSED"
+    assert "requests   270: 200 x47, 201 x204, 409 x19 (48 of the 201s replayed duplicates)" in table
+    assert re.search(r"6f1c2a4e 2026-12-26 19:15\s+40\s+0\s+40\s+40\s+full", table)
+    assert "ok   201 responses = bookings stored: 156 created" in table
+
+
+def test_table_of_a_failed_run_says_what_failed(failing_output: dict[str, Any]) -> None:
+    over = slot("19:45", 44)
+    report = build(failing_output, verification(slots=[over], over_capacity=[over]), exit_code=1)
+
+    table = reports.render_table(report)
+
+    assert table.splitlines()[0] == "Load test lt-test: FAILED"
+    assert "OVER CAPACITY" in table
+    assert "FAIL no slot over capacity" in table
+
+
+def test_html_is_self_contained_with_charts(tmp_path: Path, passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification())
+    report["eventsTimeline"] = [
+        {"t": "2026-11-25T09:12:10Z", "booking.success": 40, "booking.capacity_exceeded": 4},
+        {
+            "t": "2026-11-25T09:12:15Z",
+            "booking.success": 20,
+            "booking.overbook_prevented": 1,
+            "booking.capacity_exceeded": 10,
+        },
+    ]
+
+    json_path, html_path = reports.write_report(report, tmp_path / "out", "20261125T091207Z")
+
+    assert json.loads(json_path.read_text()) == report
+    page = html_path.read_text()
+    assert page.count("<svg") >= 6  # latency, responses, conflict rate, refused share, heatmap, per-slot bars
+    assert "Latency over time" in page and "Conflict rate over time (events of the run" in page
+    assert "Covers booked vs capacity" in page
+    # No scripts, stylesheets or images from anywhere: the page must open offline.
+    assert not re.search(r"<script|<link|<img|src=|href=|@import|url\(", page, re.IGNORECASE)
+    assert "PASSED" in page
+
+
+def test_html_escapes_what_it_shows(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification())
+    report["runId"] = "<script>alert(1)</script>"
+
+    page = reports.render_html(report)
+
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_html_of_a_failed_run_lists_the_failures(failing_output: dict[str, Any]) -> None:
+    report = build(
+        failing_output, verification(bookings_stored=581, covers_stored=1424, success_events=581), exit_code=1
+    )
+
+    page = reports.render_html(report)
+
+    assert "FAILED" in page
+    assert "unexpected statuses {422: 35}" in page

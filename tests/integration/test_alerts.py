@@ -175,6 +175,12 @@ class TestRates:
         assert "Threshold: more than 5.0% with at least 20 requests" in message["message"]
         assert detected_events(conn) == []
 
+    def test_events_of_a_deleted_restaurant_are_ignored(self, seeded_db, conn, topic):
+        gone = "99999999-8888-4777-8666-555555555555"
+        traffic(conn, requests=40, conflicts=20, restaurant_id=gone)  # events outlive their restaurant
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        assert summary.transitions == [] and topic.messages() == [] and alert_rows(conn) == []
+
     @pytest.mark.parametrize(("requests", "conflicts"), [(50, 2), (40, 2), (19, 10)])
     def test_four_percent_exactly_five_or_too_few_requests_do_not_alert(
         self, seeded_db, conn, topic, requests, conflicts

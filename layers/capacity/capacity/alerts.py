@@ -367,7 +367,8 @@ _RATES = f"""
 SELECT e.restaurant_id, {REQUEST_COUNTERS}
   FROM observability_events e
  WHERE e.occurred_at > %(start)s AND e.occurred_at <= %(end)s
-   AND e.restaurant_id IS NOT NULL
+   -- events outlive a deleted restaurant; an incident needs a restaurant to belong to
+   AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
    AND (%(include_load_test)s OR NOT {SYNTHETIC_EVENT})
  GROUP BY e.restaurant_id
  ORDER BY e.restaurant_id

@@ -415,7 +415,7 @@ def _axes(y_max: float, y_unit: str, x_labels: Sequence[str]) -> list[str]:
         parts.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_esc(label)}</text>')
     n = len(x_labels)
     if n:
-        step = max(1, n // 8)
+        step = max(1, -(-n // 8))  # at most 8 labels: a time label needs room
         for i in range(0, n, step):
             x = _x(i, n)
             parts.append(

@@ -6,7 +6,6 @@ map its outcome to a response, metrics and a log line. The capacity logic lives 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import time
@@ -22,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestValidationError,
 )
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -31,7 +30,15 @@ from capacity.booking import BookingResult, BookingService, Caller, RetryExhaust
 from capacity.db import Database
 from capacity.http import problem_response, problem_result, validation_problem
 from capacity.idempotency import tenant_of, valid_key
-from capacity.models import LOAD_TEST_SOURCE, Availability, BookingCreated, BookingEnvelope, BookingRequest, Problem
+from capacity.models import (
+    LOAD_TEST_SOURCE,
+    Availability,
+    BookingCreated,
+    BookingEnvelope,
+    BookingRequest,
+    IsoDate,
+    Problem,
+)
 from capacity.outcomes import EventType, MetricName, ProblemCode, ProblemError
 from capacity.settings import booking_settings
 
@@ -58,14 +65,30 @@ _OUTCOME_METRIC = {
 }
 
 
-def _problem_content(description: str) -> OpenAPIResponse:
-    return {"description": description, "content": {"application/problem+json": {"model": Problem}}}
+_RETRY_AFTER: OpenAPIResponseHeader = {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+_REPLAYED: OpenAPIResponseHeader = {
+    "description": "`true` when this is the stored answer to an earlier request with the same Idempotency-Key",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
+def _problem_content(description: str, *, retry_after: bool = False, replayable: bool = False) -> OpenAPIResponse:
+    response: OpenAPIResponse = {
+        "description": description,
+        "content": {"application/problem+json": {"model": Problem}},
+    }
+    headers = {"Retry-After": _RETRY_AFTER} if retry_after else {}
+    if replayable:
+        headers["Idempotent-Replayed"] = _REPLAYED
+    if headers:
+        response["headers"] = headers
+    return response
 
 
 # Answered by API Gateway itself (or `capctl serve`) before the function runs.
 _GATEWAY_RESPONSES = {
     403: _problem_content("Missing or invalid API key (code forbidden)"),
-    429: _problem_content("Throttled by the usage plan (code rate_limited), with Retry-After"),
+    429: _problem_content("Throttled by the usage plan (code rate_limited)", retry_after=True),
 }
 
 
@@ -73,21 +96,36 @@ _GATEWAY_RESPONSES = {
     "/bookings",
     summary="Book a slot",
     responses={
-        201: {"description": "Booked", "content": {"application/json": {"model": BookingCreated}}},
+        201: {
+            "description": "Booked",
+            "content": {"application/json": {"model": BookingCreated}},
+            "headers": {
+                "Location": {"description": "/bookings/{id}", "schema": {"type": "string"}},
+                "Idempotent-Replayed": _REPLAYED,
+            },
+        },
         400: _problem_content("Missing Idempotency-Key or malformed JSON"),
         404: _problem_content("Unknown restaurant"),
-        409: _problem_content("Slot full or closed, or the same key is still in flight"),
+        409: _problem_content(
+            "Slot full or closed (replayable), or the same key still in flight (with Retry-After)",
+            retry_after=True,
+            replayable=True,
+        ),
+        413: _problem_content("Request body over 10,240 bytes"),
         422: _problem_content("Invalid field, time off the slot grid, or key reused with another body"),
-        503: _problem_content("Database unavailable or transient failures outlasted every retry"),
+        503: _problem_content("Database unavailable or transient failures outlasted every retry", retry_after=True),
         **_GATEWAY_RESPONSES,
     },
 )
 def create_booking(
     booking: BookingRequest,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description="1-255 visible ASCII")] = None,
-    run_id: Annotated[str | None, Header(alias="X-Run-Id", description="Groups synthetic traffic")] = None,
+    # Required; when absent the validation handler answers 400 idempotency_key_missing.
+    idempotency_key: Annotated[str, Header(alias="Idempotency-Key", description="1-255 visible ASCII characters")],
+    run_id: Annotated[
+        str | None, Header(alias="X-Run-Id", description="Groups synthetic traffic (load-test runs)")
+    ] = None,
 ) -> Response[Any]:
-    if idempotency_key is None or idempotency_key == "":
+    if idempotency_key == "":
         raise ProblemError(ProblemCode.IDEMPOTENCY_KEY_MISSING, "Send an Idempotency-Key header (1-255 visible ASCII).")
     if not valid_key(idempotency_key):
         raise _invalid("Idempotency-Key", "must be 1-255 visible ASCII characters")
@@ -107,7 +145,7 @@ def create_booking(
     except RetryExhausted as exc:
         metrics.add_metric(MetricName.BOOKING_REQUESTS, MetricUnit.Count, 1)
         metrics.add_metric(MetricName.RETRY_EXHAUSTED, MetricUnit.Count, 1)
-        metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, exc.attempts)
+        metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, exc.attempts - 1)  # the last failure was not retried
         metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, 1)
         raise
     except ProblemError as exc:
@@ -200,7 +238,7 @@ def cancel_booking(id: str) -> Response[Any]:
 )
 def availability(
     restaurantId: str,
-    date: Annotated[dt.date, Query(description="YYYY-MM-DD")],
+    date: Annotated[IsoDate, Query(description="YYYY-MM-DD")],
 ) -> Response[Any]:
     try:
         rid = UUID(restaurantId)

@@ -217,10 +217,11 @@ class TestRetries:
         self.fail_first(monkeypatch, 99, errors.DeadlockDetected)
         status, headers, body = invoke(fast_app, post_booking_event(booking_body(), key="k"))
         assert status == 503 and body["code"] == "retry_exhausted" and headers["Retry-After"] == "1"
-        assert event_types(conn) == {"booking.conflict": 4, "booking.retry_exhausted": 1}
+        # four attempts failed; the first three were retried, the last was not
+        assert event_types(conn) == {"booking.conflict": 3, "booking.retry_exhausted": 1}
         assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-        assert emf[-1]["BookingRetryExhausted"] == [1.0] and emf[-1]["BookingConflicts"] == [4.0]
+        assert emf[-1]["BookingRetryExhausted"] == [1.0] and emf[-1]["BookingConflicts"] == [3.0]
         # a 5xx stored nothing under the key, so the caller's retry succeeds
         monkeypatch.undo()
         assert invoke(fast_app, post_booking_event(booking_body(), key="k"))[0] == 201

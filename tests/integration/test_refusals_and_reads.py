@@ -71,6 +71,15 @@ class TestRefusedBeforeTheWrite:
         assert (status, body["code"]) == (400, "idempotency_key_missing")
         assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 0
 
+    def test_empty_idempotency_key_is_missing(self, booking_app):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(), key=""))
+        assert (status, body["code"]) == (400, "idempotency_key_missing")
+
+    def test_a_nul_character_is_a_field_error_not_a_500(self, booking_app, conn):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(notes="x\x00")))
+        assert (status, body["errors"]) == (422, [{"field": "notes", "message": "must not contain NUL characters"}])
+        assert events(conn) == {}
+
     def test_invalid_idempotency_key(self, booking_app):
         status, _, body = invoke(booking_app, post_booking_event(booking_body(), key="x" * 256))
         assert (status, body["code"]) == (422, "validation_error")
@@ -139,6 +148,8 @@ class TestReads:
         [
             (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "tomorrow"}, 422, "validation_error"),
             (f"/restaurants/{RESTAURANT_ID}/availability", {}, 422, "validation_error"),
+            (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "1798156800"}, 422, "validation_error"),
+            (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "2030-06-14T00:00:00"}, 422, "validation_error"),
             (
                 "/restaurants/00000000-0000-4000-8000-000000000000/availability",
                 {"date": FUTURE_DATE},

@@ -72,6 +72,9 @@ class TestBookingRequest:
         assert fields_of(guest={"name": "Ada", "email": "not-an-email"}) == {"guest.email"}
         assert fields_of(guest={"name": "Ada", "phone": "call me"}) == {"guest.phone"}
 
+    def test_nul_characters_are_a_field_error(self):
+        assert fields_of(guest={"name": "A\x00da"}, notes="x\x00") == {"guest.name", "notes"}
+
     def test_notes_at_most_1000_characters(self):
         assert parse(notes="x" * 1000).notes
         assert fields_of(notes="x" * 1001) == {"notes"}

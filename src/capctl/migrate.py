@@ -1,5 +1,6 @@
-"""Numbered SQL migrations (migrations/NNN_name.sql), each applied once, in order, in its own
-transaction, under an advisory lock so concurrent runs cannot interleave."""
+"""Numbered SQL migrations (migrations/NNN_name.sql), each applied once, in order. One run applies
+every pending migration in a single transaction (all or none) under an advisory lock, so
+concurrent runs cannot interleave."""
 
 from __future__ import annotations
 

@@ -290,10 +290,13 @@ def report_stem(started_at: dt.datetime) -> str:
 
 
 def write_report(report: Mapping[str, Any], directory: Path, stem: str) -> tuple[Path, Path]:
+    """The JSON report, and beside it the human-readable summary: the terminal table as
+    ``<stem>.txt`` and the HTML page with charts as ``<stem>.html``."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / f"{stem}.json"
     html_path = directory / f"{stem}.html"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
+    (directory / f"{stem}.txt").write_text(render_table(report, max_slots=10_000) + "\n")
     html_path.write_text(render_html(report))
     return json_path, html_path
 

@@ -90,6 +90,8 @@ def load_seed(path: Path) -> SeedFile:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"seed file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read seed file {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     try:

@@ -75,6 +75,21 @@ class TestMigrate:
         code, _, err = run(capsys, "db", "migrate")
         assert code == 2 and err == "capctl: error: no database: set DATABASE_URL or run `capctl db up` first\n"
 
+    def test_a_database_url_libpq_cannot_parse_is_a_one_line_error(self, monkeypatch, capsys):
+        monkeypatch.setenv("DATABASE_URL", "garbage")
+        code, _, err = run(capsys, "verify")
+        assert code == 2 and err.startswith("capctl: error: cannot connect to the database") and err.count("\n") == 1
+
+    def test_an_unmigrated_database_says_so(self, pg_server_url, monkeypatch, capsys):
+        monkeypatch.setenv("DATABASE_URL", pg_server_url)  # the server's own database has no schema
+        for argv in (["verify"], ["rollup"], ["cleanup", "--source", "load-test"]):
+            code, _, err = run(capsys, *argv)
+            assert (code, err) == (2, "capctl: error: the database has no capacity schema: run `capctl db migrate`\n")
+
+    def test_an_unwritable_output_path_is_a_one_line_error(self, capsys):
+        code, _, err = run(capsys, "openapi", "--path", "/proc/no/such/openapi.json")
+        assert code == 2 and err.startswith("capctl: error: ") and err.count("\n") == 1
+
     def test_unreachable_database_is_a_one_line_error(self, monkeypatch, capsys):
         monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres?connect_timeout=1")
         code, _, err = run(capsys, "verify")
@@ -154,6 +169,10 @@ class TestSeed:
         code, out, err = run(capsys, "seed", write_seed(tmp_path, data))
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err
         assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
+
+    def test_a_directory_is_not_a_seed_file(self, on_db, tmp_path, capsys):
+        code, _, err = run(capsys, "seed", str(tmp_path))
+        assert code == 2 and err.startswith("capctl: error: cannot read seed file") and err.count("\n") == 1
 
     def test_missing_file(self, on_db, capsys):
         code, _, err = run(capsys, "seed", "/nonexistent/seed.json")

@@ -213,6 +213,17 @@ class TestObservability:
         assert emf["restaurantId"] == RESTAURANT_ID and emf["SlotUtilization"] == [10.0]
         assert emf["environment"] == "test" and emf["service"] == "capacity-engine"
 
+    def test_load_test_traffic_has_its_own_environment_dimension(self, booking_app, capsys):
+        _, _, created = invoke(booking_app, post_booking_event(booking_body(source="load-test")))
+        invoke(booking_app, delete(f"/bookings/{created['booking']['id']}"))
+        invoke(booking_app, post_booking_event(booking_body(), key="live"))
+        emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+        assert [(e["environment"], "BookingCancelled" in e) for e in emf] == [
+            ("test-load-test", False),
+            ("test-load-test", True),
+            ("test", False),
+        ]
+
     def test_refusal_metrics(self, booking_app, capsys):
         invoke(booking_app, post_booking_event(booking_body(date="2030-06-16")))
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]

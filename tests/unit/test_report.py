@@ -315,6 +315,9 @@ def test_html_is_self_contained_with_charts(tmp_path: Path, passing_output: dict
     json_path, html_path = reports.write_report(report, tmp_path / "out", "20261125T091207Z")
 
     assert json.loads(json_path.read_text()) == report
+    summary = (tmp_path / "out" / "20261125T091207Z.txt").read_text()
+    assert summary.startswith(reports.render_table(report).splitlines()[0])
+    assert "more slots in the HTML report" not in summary  # the file lists every slot
     page = html_path.read_text()
     assert page.count("<svg") >= 6  # latency, responses, conflict rate, refused share, heatmap, per-slot bars
     assert "Latency over time" in page and "Conflict rate over time (events of the run" in page

@@ -132,8 +132,13 @@ class TestOverbooking:
     def test_slots_outside_the_reconcile_window_are_not_checked(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date(61))
         overbook(conn, date=slot_date(-2))
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn, RECONCILE_FUTURE_DAYS="60"))
         assert summary.transitions == [] and topic.messages() == []
+
+    def test_by_default_every_future_slot_is_checked(self, seeded_db, conn, topic):
+        overbook(conn, date=slot_date(400))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        assert [(t.action.value, t.key.kind.value) for t in summary.transitions] == [("open", "overbooking")]
 
     def test_an_open_incident_that_left_the_window_is_still_followed(self, seeded_db, conn, topic):
         date = slot_date(0)

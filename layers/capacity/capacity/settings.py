@@ -79,7 +79,8 @@ class AlertSettings(DatabaseSettings):
     runbook_url: str = Field(default="docs/capacity/testing-and-monitoring.md#runbook", alias="RUNBOOK_URL")
     include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
     reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
-    reconcile_future_days: int = Field(default=60, ge=0, le=366, alias="RECONCILE_FUTURE_DAYS")
+    # "Any overbooked slot": by default every future slot with bookings (ten years ahead).
+    reconcile_future_days: int = Field(default=3660, ge=0, le=3660, alias="RECONCILE_FUTURE_DAYS")
 
     @field_validator("alert_topic_arn")
     @classmethod

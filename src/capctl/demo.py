@@ -230,6 +230,14 @@ def prepare_database(out: TextIO) -> str:
     return url
 
 
+def _stop_embedded_quietly(out: TextIO) -> None:
+    from capctl import database
+
+    with contextlib.suppress(Exception):
+        if database.stop_embedded():
+            print("stopped the embedded PostgreSQL this demo started", file=out)
+
+
 def seed_restaurant_ids() -> list[str]:
     data = json.loads(load_test.resolve_path(SEED_FILE).read_text())
     return [str(r["id"]) for r in data["restaurants"]]
@@ -332,6 +340,11 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
     logs = Path(tempfile.mkdtemp(prefix="capctl-demo-"))
     with contextlib.ExitStack() as stack:
         _step(out, "1/6 database")
+        from capctl import database
+
+        if database.database_url(required=False) is None:
+            # The demo starts the embedded server, so it stops it too (its data stays in CAPCTL_HOME).
+            stack.callback(_stop_embedded_quietly, out)
         database_url = prepare_database(out)
         base_env = dict(os.environ)
         base_env.update(

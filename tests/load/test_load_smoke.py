@@ -151,3 +151,17 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(seeded_db: str, conn: An
         host, port = url.removeprefix("http://").split(":")
         with pytest.raises(OSError):
             socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_demo_on_the_embedded_default_stops_the_server_it_started(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAD_TEST_", "ALERT", "DATABASE_URL"))}
+    env.update({"CAPCTL_HOME": str(tmp_path / "capctl"), "POWERTOOLS_TRACE_DISABLED": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "capctl.cli", "demo", "--smoke", "--report-dir", str(tmp_path / "reports")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "embedded PostgreSQL" in result.stdout
+    assert "stopped the embedded PostgreSQL this demo started" in result.stdout
+    assert not (tmp_path / "capctl" / "pgdata" / "postmaster.pid").exists()
+    assert only_report(tmp_path / "reports")["passed"] is True

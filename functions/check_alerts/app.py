@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from capacity.alerts import AlertChecker
-from capacity.db import Database
+from capacity.db import Database, error_fields
 from capacity.notifiers import notifiers_from_settings
 from capacity.outcomes import MetricName
 from capacity.settings import AlertSettings
@@ -43,7 +43,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         db.discard()
         logger.error(
             "alert check failed",
-            extra={"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)},
+            extra=error_fields(exc),
         )
         raise
     for t in summary.transitions:

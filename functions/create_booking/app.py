@@ -27,7 +27,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
-from capacity.db import Database
+from capacity.db import Database, error_fields
 from capacity.http import problem_response, problem_result, validation_problem
 from capacity.idempotency import tenant_of, valid_key
 from capacity.models import (
@@ -292,7 +292,7 @@ def _on_not_found(_: NotFoundError) -> Response[Any]:
 @app.exception_handler(Exception)
 def _on_error(exc: Exception) -> Response[Any]:
     # Type and SQLSTATE only: a database error's text can quote a row, guest data included.
-    logger.error("unhandled error", extra={"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)})
+    logger.error("unhandled error", extra=error_fields(exc))
     return problem_response(ProblemError(ProblemCode.INTERNAL_ERROR, "An unexpected error occurred."))
 
 

@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from capacity.db import Database
+from capacity.db import Database, error_fields
 from capacity.outcomes import MetricName
 from capacity.rollup import run_rollup
 from capacity.settings import RollupSettings
@@ -52,7 +52,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         db.discard()
         logger.error(
             "roll-up failed",
-            extra={"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)},
+            extra=error_fields(exc),
         )
         raise
     result = summary.as_json()

@@ -123,6 +123,12 @@ class Backoff:
         return self.rand(0, ceiling) / 1000.0
 
 
+def error_fields(exc: BaseException) -> dict[str, str | None]:
+    """What a log line may say about a failure: its type and SQLSTATE, never its text (a
+    database error's message can quote a row, guest data included)."""
+    return {"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)}
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from capctl.apigw import LambdaContext, rest_event
+from capctl.handlers import load_handler
 
 # A restaurant every integration test can book: 17:00-22:00 daily, 20 covers, 15-minute slots.
 RESTAURANT_ID = "11111111-2222-4333-8444-555555555555"
@@ -72,3 +77,38 @@ def with_header(event: dict[str, Any], name: str, value: str) -> dict[str, Any]:
     event["headers"][name] = value
     event["multiValueHeaders"][name] = [value]
     return event
+
+
+# -- concurrent Lambda instances ---------------------------------------------------------------
+# One process per instance, never threads: Powertools' resolver keeps the current event on the
+# class (``BaseRouter.current_event``), so two resolvers in one process read each other's request.
+# Lambda runs one invocation per process; so does `capctl serve`, and so do these tests.
+
+_instance: Any = None
+
+
+def _start_instance(function: str, ready: Any) -> None:
+    global _instance  # noqa: PLW0603 (module state of this worker process = the instance's)
+    _instance = load_handler(function)
+    ready.wait()  # every instance is warm before the first request: real contention
+
+
+def _invoke_instance(event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    return invoke(_instance, event)
+
+
+@contextmanager
+def lambda_instances(count: int, function: str = "create_booking") -> Iterator[ProcessPoolExecutor]:
+    """``count`` warm instances of a function, each in its own process, handling one request at a
+    time with its own module state (connection, settings); they read the current environment."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Barrier(count)
+    with ProcessPoolExecutor(count, mp_context=ctx, initializer=_start_instance, initargs=(function, ready)) as pool:
+        yield pool
+
+
+def invoke_concurrently(
+    pool: ProcessPoolExecutor, events: list[dict[str, Any]]
+) -> list[tuple[int, dict[str, str], Any]]:
+    """Every event through the instances, as many at once as there are instances; results in order."""
+    return list(pool.map(_invoke_instance, events, chunksize=1))

@@ -4,10 +4,9 @@ write under concurrency, idempotency, replays, retries, a killed connection, ref
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import psycopg
@@ -17,7 +16,15 @@ from psycopg import errors
 from capacity import repository
 from capctl.apigw import rest_event
 from capctl.handlers import load_handler
-from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
+from tests.support import (
+    FUTURE_DATE,
+    RESTAURANT_ID,
+    booking_body,
+    invoke,
+    invoke_concurrently,
+    lambda_instances,
+    post_booking_event,
+)
 
 
 def slot_covers(conn: Any, date: str = FUTURE_DATE, time: str = "19:00") -> int:
@@ -34,41 +41,16 @@ def event_types(conn: Any) -> Counter[str]:
 
 
 @pytest.fixture
-def instances(booking_app: Any) -> Iterator[list[Any]]:
-    """Eight independent Lambda execution environments of create_booking (own module state)."""
-    loaded = [load_handler("create_booking", fresh=True, instance=f"env{n}") for n in range(8)]
-    yield loaded
-    for module in loaded:
-        module.service.db.close()
-
-
-def run_concurrently(instances: list[Any], events: list[dict[str, Any]]) -> list[tuple[int, dict[str, str], Any]]:
-    """Each environment handles one request at a time, as in Lambda; all run in parallel."""
-    free: list[Any] = list(instances)
-    lock = threading.Lock()
-    start = threading.Barrier(len(instances))
-
-    def call(event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-        with lock:
-            module = free.pop()
-        try:
-            return invoke(module, event)
-        finally:
-            with lock:
-                free.append(module)
-
-    def warm(module: Any) -> None:
-        start.wait()
-
-    with ThreadPoolExecutor(max_workers=len(instances)) as pool:
-        list(pool.map(warm, instances))
-        return list(pool.map(call, events))
+def instances(booking_app: Any) -> Iterator[ProcessPoolExecutor]:
+    """Eight independent Lambda execution environments of create_booking, one process each."""
+    with lambda_instances(8) as pool:
+        yield pool
 
 
 class TestGuardedWrite:
     def test_200_concurrent_requests_on_a_20_cover_slot_book_exactly_20(self, instances, conn):
         events = [post_booking_event(booking_body(partySize=1), key=f"hot-{n}") for n in range(200)]
-        results = run_concurrently(instances, events)
+        results = invoke_concurrently(instances, events)
         outcomes = Counter((status, body.get("code")) for status, _, body in results)
         assert outcomes == {(201, None): 20, (409, "capacity_exceeded"): 180}
         assert slot_covers(conn) == 20
@@ -122,7 +104,7 @@ class TestGuardedWrite:
 class TestIdempotency:
     def test_30_concurrent_requests_with_one_key_make_one_booking(self, instances, conn):
         events = [post_booking_event(booking_body(), key="same-key") for _ in range(30)]
-        results = run_concurrently(instances, events)
+        results = invoke_concurrently(instances, events)
         created = [body for status, _, body in results if status == 201]
         others = [body for status, _, body in results if status != 201]
         assert all(body["code"] == "idempotency_in_progress" for body in others)

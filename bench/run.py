@@ -1,6 +1,6 @@
 """`make bench`: booking-path throughput on one hot slot, variants side by side in one run.
 
-Every variant runs in the same harness (N client threads, each with its own connection, for a
+Every variant runs in the same harness (N client processes, each with its own connection, for a
 fixed time) against the same PostgreSQL, one after another, so the figures compare as ratios
 on this (shared, noisy) machine. Absolute numbers are for this run only; nothing asserts them.
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -102,42 +102,54 @@ def reset(url: str) -> None:
 def measure(
     name: str, clients: int, seconds: float, make_worker: Callable[[int], Callable[[int], bool]]
 ) -> dict[str, Any]:
-    """Run ``clients`` threads, each calling its worker(n) until time is up; count accepted bookings."""
-    workers = [make_worker(i) for i in range(clients)]
-    counts = [0] * clients
-    errors = [0] * clients
-    start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
+    """Run ``clients`` processes, each calling its worker(n) until time is up; count accepted bookings.
 
-    def loop(i: int) -> None:
+    Processes, not threads, for every variant: Lambda runs one invocation per process, and
+    Powertools' resolver keeps the current event on the class, so handler instances sharing a
+    process would read each other's requests. Workers are built after the fork (own connection).
+    """
+    ctx = multiprocessing.get_context("fork")
+    tallies: multiprocessing.SimpleQueue[tuple[int, int]] = ctx.SimpleQueue()
+
+    # every worker connects first; the clock starts when the last one is ready
+    ready = ctx.Barrier(clients + 1)
+    start = ctx.Barrier(clients + 1)
+    stop_box = ctx.Value("d", 0.0)
+
+    def timed_loop(i: int) -> None:
+        worker = make_worker(i)
+        ready.wait()
         start.wait()
-        n = 0
-        while time.perf_counter() < stop_at[0]:
+        n = accepted = failed = 0
+        stop_at = stop_box.value
+        while time.perf_counter() < stop_at:
             n += 1
             try:
-                if workers[i](n):
-                    counts[i] += 1
+                if worker(n):
+                    accepted += 1
             except Exception:
-                errors[i] += 1
+                failed += 1
+        tallies.put((accepted, failed))
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + seconds
+    processes = [ctx.Process(target=timed_loop, args=(i,)) for i in range(clients)]
+    for p in processes:
+        p.start()
+    ready.wait()
+    stop_box.value = time.perf_counter() + seconds  # perf_counter is system-wide (CLOCK_MONOTONIC)
     began = time.perf_counter()
     start.wait()
-    for t in threads:
-        t.join()
+    results = [tallies.get() for _ in processes]
     elapsed = time.perf_counter() - began
-    total = sum(counts)
-    result = {
+    for p in processes:
+        p.join()
+    total = sum(accepted for accepted, _ in results)
+    return {
         "variant": name,
         "bookings": total,
-        "errors": sum(errors),
+        "errors": sum(failed for _, failed in results),
         "seconds": round(elapsed, 2),
         "bookingsPerSecond": round(total / elapsed, 1),
     }
-    return result
 
 
 def bare_guarded(url: str) -> Callable[[int], Callable[[int], bool]]:

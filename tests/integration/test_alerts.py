@@ -297,6 +297,29 @@ class TestDelivery:
         assert topic.messages() == []  # SNS got it once, on the first run
         assert {(d["channel"], d["status"]) for d in delivery_rows(conn)} == {("sns", "sent"), ("webhook", "sent")}
 
+    def test_an_incident_opened_before_a_channel_existed_is_announced_to_it_once(self, seeded_db, conn, topic, webhook):
+        date = slot_date()
+        overbook(conn, date=date)
+        assert check(conn, settings()).opened == 1  # no channel configured yet
+
+        with_sns = settings(ALERT_TOPIC_ARN=topic.arn)
+        first = check(conn, with_sns)
+        assert first.opened == 0 and [(d.channel, d.notice, d.status) for d in first.deliveries] == [
+            ("sns", "opened", "sent")
+        ]
+        [message] = topic.messages()
+        assert message["subject"] == f"[CRITICAL] Overbooked slot {date.isoformat()} 19:00 - Test Trattoria (test)"
+        assert check(conn, with_sns).deliveries == [] and topic.messages() == []
+
+        with_both = settings(ALERT_TOPIC_ARN=topic.arn, ALERT_WEBHOOK_URL=webhook.url)
+        added = check(conn, with_both)
+        assert [(d.channel, d.notice, d.status) for d in added.deliveries] == [("webhook", "opened", "sent")]
+        [payload] = webhook.received
+        assert payload["text"].startswith("[CRITICAL] Overbooked slot")
+        assert topic.messages() == []  # SNS already knew
+        assert check(conn, with_both).deliveries == []
+        assert [(d["notice"], d["channel"]) for d in delivery_rows(conn)] == [("opened", "sns"), ("opened", "webhook")]
+
     def test_a_failing_webhook_defers_the_rest_of_its_notices_to_the_next_run(self, seeded_db, conn, webhook):
         date = slot_date()
         overbook(conn, date=date, time="18:00")

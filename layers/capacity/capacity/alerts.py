@@ -407,6 +407,14 @@ INSERT INTO alert_deliveries (alert_id, notice, channel, status, message, create
 VALUES (%(alert_id)s, %(notice)s, %(channel)s, 'pending', %(message)s, %(now)s)
 """
 
+# An incident opened while a channel was not configured (or before it was added) is announced
+# to that channel by the next run that still sees it: once, as an 'opened' notice.
+_QUEUE_UNANNOUNCED = """
+INSERT INTO alert_deliveries (alert_id, notice, channel, status, message, created_at)
+SELECT %(alert_id)s, 'opened', %(channel)s, 'pending', %(message)s, %(now)s
+ WHERE NOT EXISTS (SELECT 1 FROM alert_deliveries WHERE alert_id = %(alert_id)s AND channel = %(channel)s)
+"""
+
 _DETECTED_EVENT = """
 INSERT INTO observability_events (event_type, restaurant_id, occurred_at, metadata)
 VALUES (%(event_type)s, %(restaurant_id)s, %(now)s, %(metadata)s)
@@ -577,6 +585,7 @@ class AlertChecker:
                     conn.execute(_REMIND_ALERT, params)
                 elif t.action is Action.UPDATE:
                     conn.execute(_UPDATE_ALERT, params)
+                    self._announce_to_new_channels(conn, t, now)
                 else:
                     conn.execute(_RESOLVE_ALERT, params)
                 if t.notice_type is not None:
@@ -594,6 +603,13 @@ class AlertChecker:
                         )
                 applied.append(t)
         return applied
+
+    def _announce_to_new_channels(self, conn: DictConnection, t: Transition, now: dt.datetime) -> None:
+        message = Jsonb(notice_for(replace(t, action=Action.OPEN), self.settings, now).as_json())
+        for channel in self.notifiers:
+            conn.execute(
+                _QUEUE_UNANNOUNCED, {"alert_id": t.alert_id, "channel": channel.value, "message": message, "now": now}
+            )
 
     def _record_detection(self, conn: DictConnection, t: Transition, now: dt.datetime) -> None:
         f = t.figures

@@ -256,3 +256,29 @@ class TestRetries:
         )
         assert status == 503 and body["code"] == "service_unavailable"
         settings.booking_settings.cache_clear()
+
+
+class TestPreparedStatements:
+    """Behind RDS Proxy a server-side prepared statement pins the connection to its backend;
+    DB_PREPARE_THRESHOLD=off keeps the booking path from preparing any."""
+
+    def prepared_after_bookings(self, seeded_db: str, handler_env: Any, **env: str) -> int:
+        handler_env(seeded_db, **env)
+        from capacity import settings
+
+        settings.booking_settings.cache_clear()
+        module = load_handler("create_booking", fresh=True, instance="prepare")
+        try:
+            for n in range(8):
+                assert invoke(module, post_booking_event(booking_body(partySize=1), key=f"p-{n}"))[0] == 201
+            conn = module.service.db.connection()
+            return int(conn.execute("SELECT count(*) AS n FROM pg_prepared_statements").fetchone()["n"])
+        finally:
+            module.service.db.close()
+            settings.booking_settings.cache_clear()
+
+    def test_by_default_repeated_statements_are_prepared(self, seeded_db, handler_env):
+        assert self.prepared_after_bookings(seeded_db, handler_env) > 0
+
+    def test_off_prepares_nothing(self, seeded_db, handler_env):
+        assert self.prepared_after_bookings(seeded_db, handler_env, DB_PREPARE_THRESHOLD="off") == 0

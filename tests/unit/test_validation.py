@@ -195,6 +195,16 @@ class TestSettings:
         with pytest.raises(SettingsError, match=f"^invalid setting {var}: "):
             BookingSettings.from_env(env)
 
+    @pytest.mark.parametrize(("raw", "threshold"), [("off", None), (" OFF ", None), ("0", 0), ("12", 12)])
+    def test_prepare_threshold_is_a_count_or_off(self, raw, threshold):
+        assert BookingSettings.from_env({"DB_PREPARE_THRESHOLD": raw}).prepare_threshold == threshold
+        assert BookingSettings.from_env({}).prepare_threshold == 5  # psycopg's own default
+
+    @pytest.mark.parametrize("raw", ["never", "-1", "1.5"])
+    def test_prepare_threshold_rejects_anything_else(self, raw):
+        with pytest.raises(SettingsError, match=r"^invalid setting DB_PREPARE_THRESHOLD: "):
+            BookingSettings.from_env({"DB_PREPARE_THRESHOLD": raw})
+
     def test_invalid_alert_settings(self):
         with pytest.raises(SettingsError, match="CONFLICT_RATE_THRESHOLD"):
             AlertSettings.from_env({"CONFLICT_RATE_THRESHOLD": "5%"})

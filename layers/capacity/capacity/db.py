@@ -92,6 +92,7 @@ class Database:
                     " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC"
                 ),
                 application_name="capacity-engine",
+                prepare_threshold=s.prepare_threshold,
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(_first_line(exc)) from None

@@ -48,6 +48,14 @@ class DatabaseSettings(_Settings):
     connect_timeout_s: int = Field(default=3, ge=1, le=30, alias="DB_CONNECT_TIMEOUT_SECONDS")
     statement_timeout_ms: int = Field(default=3000, ge=100, le=60000, alias="DB_STATEMENT_TIMEOUT_MS")
     lock_timeout_ms: int = Field(default=2000, ge=10, le=60000, alias="DB_LOCK_TIMEOUT_MS")
+    # psycopg prepares a statement server-side after this many runs on a connection; "off" never
+    # does, which keeps connections through RDS Proxy from being pinned to their backend.
+    prepare_threshold: int | None = Field(default=5, ge=0, le=1000, alias="DB_PREPARE_THRESHOLD")
+
+    @field_validator("prepare_threshold", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value
 
     @field_validator("database_url")
     @classmethod

@@ -8,9 +8,9 @@
  *
  *   warm-up, ramp, spread   slots with room, spread over every open slot of every target restaurant
  *   contention              a few hot slots only (demand far above capacity), everyone at the same
- *                           instant every 500 ms; on a 409 the diner takes the first suggested
- *                           alternative, as a real client would, or tries the next evening when
- *                           none is left
+ *                           instant every 500 ms; on a 409 the diner takes one of the first three
+ *                           suggested alternatives, as a real client would, or tries the next
+ *                           evening when none is left
  *   duplicates              every booking is resent with the same Idempotency-Key and body (a client
  *                           retrying after a timeout); some resends replay another diner's request
  *                           while it may still be in flight
@@ -80,7 +80,9 @@ function loadPlan() {
     }
     const date = process.env.LOAD_TEST_DATE || defaultDate();
     const times = process.env.LOAD_TEST_TIMES
-      ? process.env.LOAD_TEST_TIMES.split(',').map((s) => s.trim())
+      ? process.env.LOAD_TEST_TIMES.split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
       : defaultTimes();
     const hotTimes = times.filter((t) => ['19:00', '19:15', '19:30'].includes(t));
     plan = {
@@ -243,7 +245,12 @@ function retryAfterMs(response, mode) {
   if (mode === 'probe') {
     return 0;
   }
-  const retryAfter = Number(response.headers['retry-after'] || 1);
+  // Retry-After is delay-seconds or an HTTP-date (RFC 9110); anything unreadable waits 1 s.
+  const header = String(response.headers['retry-after'] || '1').trim();
+  let retryAfter = /^\d+(\.\d+)?$/.test(header) ? Number(header) : (Date.parse(header) - Date.now()) / 1000;
+  if (Number.isNaN(retryAfter)) {
+    retryAfter = 1;
+  }
   return Math.min(MAX_RETRY_AFTER_S, Math.max(retryAfter, 0.2)) * 1000;
 }
 

@@ -93,6 +93,10 @@ def _start_instance(function: str, ready: Any) -> None:
     ready.wait()  # every instance is warm before the first request: real contention
 
 
+def _instance_ready(_: int) -> bool:
+    return _instance is not None
+
+
 def _invoke_instance(event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
     return invoke(_instance, event)
 
@@ -102,8 +106,11 @@ def lambda_instances(count: int, function: str = "create_booking") -> Iterator[P
     """``count`` warm instances of a function, each in its own process, handling one request at a
     time with its own module state (connection, settings); they read the current environment."""
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Barrier(count)
+    ready = ctx.Barrier(count, timeout=120)  # a stuck start fails the pool instead of hanging it
     with ProcessPoolExecutor(count, mp_context=ctx, initializer=_start_instance, initargs=(function, ready)) as pool:
+        # The pool starts a process per pending task: give it ``count`` so every instance starts
+        # (and passes the barrier) whatever the caller submits later.
+        assert all(pool.map(_instance_ready, range(count)))
         yield pool
 
 

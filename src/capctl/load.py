@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from capacity.outcomes import REQUEST_EVENTS
 from capctl import report as reports
 from capctl.errors import UserError
 
@@ -587,7 +588,9 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
     over = [s for s in ordered if s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]]
     run_rows = conn.execute(_RUN_BOOKINGS, {"run_id": plan.run_id}).fetchone()
     duplicates = conn.execute(_DUPLICATE_KEYS, {"run_id": plan.run_id}).fetchone()
-    events = {r["event_type"]: r["n"] for r in conn.execute(_RUN_EVENTS, {"run_id": plan.run_id, "since": since})}
+    # Every event a booking request can record is listed, 0 when the run had none of it.
+    events = {e.value: 0 for e in sorted(REQUEST_EVENTS)}
+    events.update((r["event_type"], r["n"]) for r in conn.execute(_RUN_EVENTS, {"run_id": plan.run_id, "since": since}))
     buckets: dict[str, dict[str, Any]] = defaultdict(dict)
     for r in conn.execute(_RUN_EVENTS_TIMELINE, {"run_id": plan.run_id, "since": since, "bucket": EVENT_BUCKET_S}):
         stamp = r["t"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
@@ -677,7 +680,10 @@ def run_load(
     assert options.artillery is not None
     plan = make_plan(api, options, run_id)
     stem = reports.report_stem(started_at)
-    options.report_dir.mkdir(parents=True, exist_ok=True)
+    # Artillery's raw output and log go one level down, so that `reports/load-tests/*.json` are
+    # the reports (contract section 7) and nothing else.
+    raw_dir = options.report_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"load test {run_id}: {options.scenario.name} against {options.base_url}, "
         f"{len(plan.restaurant_ids)} restaurant(s), {plan.dates[0]} + {len(plan.dates) - 1} days, "
@@ -698,8 +704,8 @@ def run_load(
                 options.artillery,
                 options.scenario,
                 artillery_env(options, base_env, plan_path, run_id),
-                options.report_dir / f"{stem}.artillery.json",
-                options.report_dir / f"{stem}.log",
+                raw_dir / f"{stem}.artillery.json",
+                raw_dir / f"{stem}.log",
                 out,
             )
         aggregate = run.output["aggregate"] if run.output else {}

@@ -71,10 +71,11 @@ def run_load(db_url: str, base_url: str, report_dir: Path, *extra: str) -> subpr
 
 
 def only_report(report_dir: Path) -> dict[str, Any]:
-    reports = [p for p in report_dir.glob("*.json") if not p.name.endswith(".artillery.json")]
+    reports = list(report_dir.glob("*.json"))  # Artillery's raw output is under raw/
     assert len(reports) == 1, reports
     data: dict[str, Any] = json.loads(reports[0].read_text())
     assert reports[0].with_suffix(".html").exists()
+    assert (report_dir / "raw" / f"{reports[0].stem}.artillery.json").exists()
     return data
 
 
@@ -101,6 +102,7 @@ def test_smoke_scenario_passes_verification_and_cleans_up(api: str, seeded_db: s
     assert counters["bookings.replayed"] > 0
     assert counters.get("bookings.replay_mismatch", 0) == 0
     assert report["events"]["booking.success"] == v["bookingsStored"]
+    assert report["events"].keys() >= {"booking.retry_exhausted", "booking.overbook_prevented", "booking.conflict"}
     # Contention: the hot slots (20 covers) were asked for far more than they hold.
     hot = {h["time"] for h in v["hotSlots"]}
     hot_slots = [s for s in v["slots"] if s["date"] == FUTURE_DATE and s["time"] in hot]

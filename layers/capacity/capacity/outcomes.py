@@ -23,6 +23,8 @@ class EventType(StrEnum):
 
 # The events that are a request's one outcome (the others ride along with it).
 OUTCOME_EVENTS = frozenset({EventType.SUCCESS, EventType.CAPACITY_EXCEEDED, EventType.RETRY_EXHAUSTED})
+# Every event a POST /bookings request can record.
+REQUEST_EVENTS = OUTCOME_EVENTS | {EventType.OVERBOOK_PREVENTED, EventType.CONFLICT}
 
 
 class MetricName(StrEnum):

@@ -196,6 +196,7 @@ def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -
     responses={
         200: {"description": "The booking", "content": {"application/json": {"model": BookingEnvelope}}},
         404: _problem_content("No such booking for this API key"),
+        503: _problem_content("Database unavailable", retry_after=True),
         **_GATEWAY_RESPONSES,
     },
 )
@@ -213,6 +214,7 @@ def get_booking(id: str) -> Response[Any]:
             "content": {"application/json": {"model": BookingEnvelope}},
         },
         404: _problem_content("No such booking for this API key"),
+        503: _problem_content("Database unavailable", retry_after=True),
         **_GATEWAY_RESPONSES,
     },
 )
@@ -231,7 +233,7 @@ def cancel_booking(id: str) -> Response[Any]:
         200: {"description": "Every bookable slot", "content": {"application/json": {"model": Availability}}},
         404: _problem_content("Unknown restaurant"),
         422: _problem_content("Invalid date"),
-        503: _problem_content("Database unavailable"),
+        503: _problem_content("Database unavailable", retry_after=True),
         **_GATEWAY_RESPONSES,
     },
 )
@@ -277,6 +279,11 @@ def _on_problem(exc: ProblemError) -> Response[Any]:
 @app.exception_handler(RequestValidationError)
 def _on_validation(exc: RequestValidationError) -> Response[Any]:
     return problem_response(validation_problem(exc.errors()))
+
+
+@app.exception_handler(UnicodeDecodeError)
+def _on_undecodable_body(_: UnicodeDecodeError) -> Response[Any]:
+    return problem_response(ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body is not UTF-8 JSON."))
 
 
 @app.exception_handler(RequestUnsupportedContentType)

@@ -4,6 +4,7 @@ no tracebacks, exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,20 @@ class TestEmbeddedServer:
 
 def test_openapi_document_matches_the_code():
     assert (ROOT / "docs" / "openapi.json").read_text() == generate(), "run `capctl openapi`"
+
+
+def test_every_documented_error_is_problem_json_and_every_route_can_answer_503():
+    document = json.loads(generate())
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+            # every route reads the database: unreachable is a 503 with Retry-After
+            assert "Retry-After" in responses["503"]["headers"], (method, path)
+    referenced = set(re.findall(r"#/components/schemas/(\w+)", json.dumps(document)))
+    assert referenced <= set(document["components"]["schemas"])
 
 
 def test_help_for_every_command(capsys):

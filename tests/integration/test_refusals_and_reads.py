@@ -3,6 +3,7 @@ the handler emits (EMF metrics, logs) — without guest personal data."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 from typing import Any
@@ -59,6 +60,15 @@ class TestRefusedBeforeTheWrite:
         status, headers, body = invoke(booking_app, event)
         assert (status, body["code"]) == (400, "malformed_request")
         assert headers["Content-Type"] == "application/problem+json"
+
+    def test_a_body_that_is_not_utf8_is_malformed(self, booking_app, conn):
+        event = post_booking_event(booking_body())
+        # API Gateway (and `capctl serve`) hand over bytes that are not text base64-encoded
+        event["body"], event["isBase64Encoded"] = base64.b64encode(b'{"restaurantId": "\xff"}').decode(), True
+        status, headers, body = invoke(booking_app, event)
+        assert (status, body["code"]) == (400, "malformed_request")
+        assert headers["Content-Type"] == "application/problem+json"
+        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
 
     def test_an_oversized_body_is_413_before_parsing(self, booking_app, conn):
         status, headers, body = invoke(booking_app, post_booking_event("{" + " " * 10_240 + "}"))

@@ -230,7 +230,10 @@ def cancel_booking(id: str) -> Response[Any]:
     "/restaurants/<restaurantId>/availability",
     summary="Bookable slots of a date",
     responses={
-        200: {"description": "Every bookable slot", "content": {"application/json": {"model": Availability}}},
+        200: {
+            "description": "Every bookable slot: open and not yet begun",
+            "content": {"application/json": {"model": Availability}},
+        },
         404: _problem_content("Unknown restaurant"),
         422: _problem_content("Invalid date"),
         503: _problem_content("Database unavailable", retry_after=True),

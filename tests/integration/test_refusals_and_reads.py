@@ -4,6 +4,7 @@ the handler emits (EMF metrics, logs) — without guest personal data."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections import Counter
 from typing import Any
@@ -146,6 +147,17 @@ class TestReads:
         by_time = {s["time"]: s for s in body["slots"]}
         assert by_time["19:00"] == {"time": "19:00", "maxCovers": 20, "bookedCovers": 5, "remainingCovers": 15}
         assert by_time["17:00"]["remainingCovers"] == 20
+
+    def test_availability_leaves_out_slots_that_have_begun(self, booking_app, monkeypatch):
+        # 19:05 in London (BST) on the booked date: 19:00 has begun, 19:15 has not
+        monkeypatch.setattr(booking_app.service, "_now", lambda: dt.datetime(2030, 6, 14, 18, 5, tzinfo=dt.UTC))
+        today = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": FUTURE_DATE}))
+        assert [s["time"] for s in today[2]["slots"]][:2] == ["19:15", "19:30"] and len(today[2]["slots"]) == 11
+        # what it lists is exactly what can be booked
+        assert invoke(booking_app, post_booking_event(booking_body(time="19:00"), key="begun"))[0] == 422
+        assert invoke(booking_app, post_booking_event(booking_body(time="19:15"), key="next"))[0] == 201
+        yesterday = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-13"}))
+        assert yesterday[0] == 200 and yesterday[2]["slots"] == []
 
     def test_availability_of_a_closed_or_unlimited_date(self, booking_app):
         closed = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-16"}))

@@ -176,7 +176,7 @@ class BookingService:
                 ProblemCode.INVALID_SLOT_TIME,
                 f"{request.time} is not on this restaurant's {rules.slot_minutes}-minute slot grid.",
             )
-        local_now = self._now().astimezone(ZoneInfo(restaurant.timezone))
+        local_now = self._local_now(restaurant)
         if (request.date, slot_time) < (local_now.date(), local_now.time()):
             raise _field_error("date", "the slot is in the past")
 
@@ -254,7 +254,7 @@ class BookingService:
         conn = self.db.connection()
         usage = repo.usage_of_date(conn, request.restaurant_id, request.date)
         slot_time = request.slot_time
-        local_now = self._now().astimezone(ZoneInfo(restaurant.timezone))
+        local_now = self._local_now(restaurant)
         not_before = local_now.time() if request.date == local_now.date() else None
         alternatives = _alternatives(
             request.date,
@@ -299,6 +299,10 @@ class BookingService:
             conflicts=len(conflict_events),
             overbook_prevented=lost_race,
         )
+
+    def _local_now(self, restaurant: repo.Restaurant) -> dt.datetime:
+        """Now, in the restaurant's own time zone: what "the slot has begun" is measured against."""
+        return self._now().astimezone(ZoneInfo(restaurant.timezone))
 
     def _replay(self, stored: repo.StoredResponse) -> BookingResult:
         headers = {"Idempotent-Replayed": "true"}
@@ -353,8 +357,11 @@ class BookingService:
         if day is None:
             raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurant_id}.")
         restaurant, usage = day
+        local_now = self._local_now(restaurant)
         slots = []
         for slot_time, capacity in restaurant.rules.bookable_slots(date):
+            if (date, slot_time) < (local_now.date(), local_now.time()):
+                continue  # begun: a booking of it would be refused
             booked = usage.get(slot_time, 0)
             slots.append(
                 {

@@ -66,6 +66,19 @@ class TestResolution:
         # order of the overrides does not matter
         assert rules(narrow, wide).capacity(FRIDAY, t("19:15")).max_covers == 5
 
+    @pytest.mark.parametrize(
+        ("a", "b", "expected"),
+        [(12, 5, 5), (None, 7, 7), (0, None, 0), (None, None, None), (3, 0, 0)],
+    )
+    def test_overlapping_rules_of_the_same_rank_resolve_to_the_lowest_capacity(self, a, b, expected):
+        ranged = [Override(FRIDAY, a, t("19:00"), t("20:00")), Override(FRIDAY, b, t("18:30"), t("19:30"))]
+        whole = [Override(FRIDAY, a), Override(FRIDAY, b)]
+        weekly = (evening(a), WeeklyRule(5, t("18:00"), t("20:00"), b))
+        for order in (1, -1):  # whichever comes first in the seed
+            assert rules(*ranged[::order]).capacity(FRIDAY, t("19:15")).max_covers == expected
+            assert rules(*whole[::order]).capacity(FRIDAY, t("19:15")).max_covers == expected
+            assert rules(weekly=weekly[::order]).capacity(FRIDAY, t("19:15")).max_covers == expected
+
     def test_ranged_override_outside_its_range_falls_through_to_weekly(self):
         r = rules(Override(FRIDAY, 4, t("18:00"), t("20:00")))
         assert r.capacity(FRIDAY, t("21:00")) == Capacity(40, "weekly")

@@ -5,6 +5,9 @@ Resolution for (restaurant, date, time), most specific first:
   2. a whole-date override of that date;
   3. the weekly rule of that ISO weekday whose [start, end) range holds the time.
 Nothing matches: the slot is closed. ``max_covers`` None means unlimited; 0 means closed.
+Rules of the same rank that overlap (two equally narrow overrides, two whole-date overrides,
+two weekly rules) resolve to the lowest capacity, so an ambiguous seed can never open more
+room than one of its rules grants.
 """
 
 from __future__ import annotations
@@ -97,15 +100,15 @@ class RestaurantRules:
     def capacity(self, date: dt.date, time: dt.time) -> Capacity:
         ranged = [o for o in self.overrides if o.date == date and not o.whole_date and o.holds(time)]
         if ranged:
-            narrowest = min(ranged, key=Override.width_minutes)
+            narrowest = min(ranged, key=lambda o: (o.width_minutes(), _lowest_first(o.max_covers)))
             return Capacity(narrowest.max_covers, "override")
-        for override in self.overrides:
-            if override.date == date and override.whole_date:
-                return Capacity(override.max_covers, "date-override")
+        whole = [o.max_covers for o in self.overrides if o.date == date and o.whole_date]
+        if whole:
+            return Capacity(min(whole, key=_lowest_first), "date-override")
         weekday = date.isoweekday()
-        for rule in self.weekly:
-            if rule.weekday == weekday and rule.holds(time):
-                return Capacity(rule.max_covers, "weekly")
+        weekly = [r.max_covers for r in self.weekly if r.weekday == weekday and r.holds(time)]
+        if weekly:
+            return Capacity(min(weekly, key=_lowest_first), "weekly")
         return CLOSED
 
     def grid(self) -> list[dt.time]:
@@ -148,6 +151,11 @@ def _end_minutes(end: dt.time) -> int:
     # An end of 00:00 means midnight at the end of the day: [17:00, 00:00) is the evening.
     minutes = _minutes(end)
     return MINUTES_PER_DAY if minutes == 0 else minutes
+
+
+def _lowest_first(max_covers: int | None) -> float:
+    """Orders capacities from the most restrictive: 0 (closed), then 1, 2, ..., unlimited last."""
+    return float("inf") if max_covers is None else max_covers
 
 
 def _in_range(time: dt.time, start: dt.time, end: dt.time) -> bool:

@@ -27,6 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DB = "capacity_test_template"
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    from tests.browser.conftest import chromium_path
+
+    path = chromium_path()
+    return (
+        f"browser tests: {path}" if path else "browser tests: SKIPPED - no chromium on PATH (apt-get install chromium)"
+    )
+
+
 def _admin_url(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 

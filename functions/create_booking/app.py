@@ -28,10 +28,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
 from capacity.db import Database, error_fields
+from capacity.figures import request_conflicted
 from capacity.http import problem_response, problem_result, validation_problem
 from capacity.idempotency import tenant_of, valid_key
 from capacity.models import (
-    LOAD_TEST_SOURCE,
     Availability,
     BookingCreated,
     BookingEnvelope,
@@ -39,7 +39,7 @@ from capacity.models import (
     IsoDate,
     Problem,
 )
-from capacity.outcomes import EventType, MetricName, ProblemCode, ProblemError
+from capacity.outcomes import LOAD_TEST_SOURCE, EventType, MetricName, ProblemCode, ProblemError
 from capacity.settings import booking_settings
 
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
@@ -145,7 +145,8 @@ def create_booking(
         metrics.add_metric(MetricName.BOOKING_REQUESTS, MetricUnit.Count, 1)
         metrics.add_metric(MetricName.RETRY_EXHAUSTED, MetricUnit.Count, 1)
         metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, exc.attempts - 1)  # the last failure was not retried
-        metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, 1)
+        conflicted = request_conflicted(attempts=exc.attempts, lost_race=False, exhausted=True)
+        metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, int(conflicted))
         raise
     except ProblemError as exc:
         if exc.code is ProblemCode.SERVICE_UNAVAILABLE:
@@ -170,7 +171,8 @@ def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -
     # Zeros too: a rate needs its zeros to be real datapoints.
     conflicts = result.conflicts + int(result.overbook_prevented)
     metrics.add_metric(MetricName.CONFLICTS, MetricUnit.Count, conflicts)
-    metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, int(conflicts > 0))
+    conflicted = request_conflicted(attempts=result.conflicts + 1, lost_race=result.overbook_prevented, exhausted=False)
+    metrics.add_metric(MetricName.CONFLICTED_REQUESTS, MetricUnit.Count, int(conflicted))
     metrics.add_metric(MetricName.OVERBOOK_PREVENTED, MetricUnit.Count, int(result.overbook_prevented))
     if result.utilization is not None:
         metrics.add_metric(MetricName.SLOT_UTILIZATION, MetricUnit.Percent, result.utilization)

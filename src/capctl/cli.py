@@ -26,6 +26,8 @@ _MODULE_COMMANDS = [
     ("check-alerts", "capctl.scheduled", "run the alert check once"),
     ("demo", "capctl.demo", "the whole main job on the embedded default, end to end"),
     ("cleanup", "capctl.cleanup", "remove synthetic bookings and free their capacity"),
+    ("dashboard", "capctl.dashboard", "the observability dashboard of the local stack, live or as one HTML file"),
+    ("slot", "capctl.slot", "one slot's forensics (show) or stop its bleeding (close)"),
 ]
 
 

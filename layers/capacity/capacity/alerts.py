@@ -31,10 +31,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from capacity.db import DictConnection
+from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL
 from capacity.notifiers import AlertKind, Channel, DeliveryError, Notice, NoticeType, Notifier
 from capacity.outcomes import EventType
 from capacity.reconcile import SlotState, slot_states
-from capacity.rollup import REQUEST_COUNTERS, SYNTHETIC_EVENT
 from capacity.settings import AlertSettings
 
 RATE_WINDOW = dt.timedelta(hours=1)
@@ -364,12 +364,12 @@ def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime
 _RESTAURANTS = "SELECT id, name, timezone FROM restaurants ORDER BY id"
 
 _RATES = f"""
-SELECT e.restaurant_id, {REQUEST_COUNTERS}
+SELECT e.restaurant_id, {COUNTERS_SQL}
   FROM observability_events e
  WHERE e.occurred_at > %(start)s AND e.occurred_at <= %(end)s
    -- events outlive a deleted restaurant; an incident needs a restaurant to belong to
    AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
-   AND (%(include_load_test)s OR NOT {SYNTHETIC_EVENT})
+   AND (%(include_load_test)s OR NOT {SYNTHETIC_SQL})
  GROUP BY e.restaurant_id
  ORDER BY e.restaurant_id
 """

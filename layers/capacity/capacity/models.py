@@ -12,7 +12,6 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Ema
 TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
 PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-]{5,24}$"
-LOAD_TEST_SOURCE = "load-test"
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 

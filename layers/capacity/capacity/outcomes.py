@@ -21,6 +21,10 @@ class EventType(StrEnum):
     OVERBOOK_DETECTED = "booking.overbook_detected"
 
 
+# The source that marks synthetic traffic (load tests): kept apart from live figures and alerts.
+LOAD_TEST_SOURCE = "load-test"
+DEFAULT_SOURCE = "api"
+
 # The events that are a request's one outcome (the others ride along with it).
 OUTCOME_EVENTS = frozenset({EventType.SUCCESS, EventType.CAPACITY_EXCEEDED, EventType.RETRY_EXHAUSTED})
 # Every event a POST /bookings request can record.

@@ -23,12 +23,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from psycopg import sql
 
 from capacity.db import DictConnection
+from capacity.figures import COUNTER_NAMES, COUNTERS_SQL, SYNTHETIC_SQL, sql_text
+from capacity.outcomes import LOAD_TEST_SOURCE
 from capacity.reconcile import load_rules
 from capacity.rules import RestaurantRules
 
 LIVE_TABLE = "capacity_metrics_hourly"
 SYNTHETIC_TABLE = "capacity_metrics_hourly_synthetic"
-LOAD_TEST_SOURCE = "load-test"
 
 HOUR = dt.timedelta(hours=1)
 # Scheduled work is off the booking path: the booking path's short statement timeout would cut a
@@ -39,49 +40,6 @@ _ROLLUP_LOCK_ID = 7_347_202
 PURGE_BATCH = 5000
 PURGE_MAX_BATCHES = 200
 
-# ``attempts`` of an event, 1 when absent or not a number (a malformed row must not stop the run).
-_ATTEMPTS = (
-    "(CASE WHEN jsonb_typeof(e.metadata -> 'attempts') = 'number' THEN (e.metadata ->> 'attempts')::numeric END)"
-)
-_OUTCOME = "e.event_type IN ('booking.success', 'booking.capacity_exceeded', 'booking.retry_exhausted')"
-
-# A request met a conflict when it retried (attempts > 1 on its outcome), ran out of retries, or
-# lost a race on its first attempt (a lost race on a later attempt is already counted by its
-# outcome's attempts, so it is not counted twice).
-CONFLICT_CONDITION = f"""(
-       ({_OUTCOME} AND coalesce({_ATTEMPTS}, 1) > 1)
-    OR e.event_type = 'booking.retry_exhausted'
-    OR (e.event_type = 'booking.overbook_prevented' AND coalesce({_ATTEMPTS}, 1) <= 1))"""
-
-# Counter columns over ``observability_events e``, shared with the alert check.
-REQUEST_COUNTERS = f"""
-    count(*) FILTER (WHERE {_OUTCOME})::int AS requests,
-    count(*) FILTER (WHERE e.event_type = 'booking.success')::int AS successes,
-    count(*) FILTER (WHERE e.event_type = 'booking.capacity_exceeded')::int AS capacity_exceeded,
-    count(*) FILTER (WHERE e.event_type = 'booking.capacity_exceeded'
-                       AND e.metadata ->> 'reason' = 'closed')::int AS slot_closed,
-    count(*) FILTER (WHERE e.event_type = 'booking.retry_exhausted')::int AS retry_exhausted,
-    count(*) FILTER (WHERE e.event_type = 'booking.overbook_prevented')::int AS overbook_prevented,
-    count(*) FILTER (WHERE e.event_type = 'booking.conflict')::int AS retried_failures,
-    count(*) FILTER (WHERE {CONFLICT_CONDITION})::int AS conflicts,
-    count(*) FILTER (WHERE e.event_type = 'booking.cancelled')::int AS cancellations,
-    count(*) FILTER (WHERE e.event_type = 'booking.overbook_detected')::int AS overbook_detected"""
-
-# True for synthetic events; events without a source are live.
-SYNTHETIC_EVENT = f"(coalesce(e.metadata ->> 'source', '') = '{LOAD_TEST_SOURCE}')"
-
-COUNTER_NAMES = (
-    "requests",
-    "successes",
-    "capacity_exceeded",
-    "slot_closed",
-    "retry_exhausted",
-    "overbook_prevented",
-    "retried_failures",
-    "conflicts",
-    "cancellations",
-    "overbook_detected",
-)
 FIGURE_NAMES = (*COUNTER_NAMES, "conflict_rate", "success_rate", "covers_booked", "capacity_covers", "utilization")
 
 _COUNTERS_ZERO = ", ".join(f"coalesce(c.{n}, 0) AS {n}" for n in COUNTER_NAMES)
@@ -106,13 +64,13 @@ WITH slots AS (
             SELECT sum(bk.party_size) AS covers FROM bookings bk
              WHERE bk.restaurant_id = s.restaurant_id AND bk.booking_date = s.slot_date
                AND bk.booking_time = s.slot_time AND bk.status = 'confirmed'
-               AND (bk.source = '{LOAD_TEST_SOURCE}') = %(synthetic)s) b ON true
+               AND (bk.source = {sql_text(LOAD_TEST_SOURCE)}) = %(synthetic)s) b ON true
      GROUP BY s.restaurant_id, s.hour
 ), counters AS (
-    SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {REQUEST_COUNTERS}
+    SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {COUNTERS_SQL}
       FROM observability_events e
      WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-       AND {SYNTHETIC_EVENT} = %(synthetic)s
+       AND {SYNTHETIC_SQL} = %(synthetic)s
        AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
      GROUP BY 1, 2
 ), computed AS (

@@ -84,7 +84,8 @@ class AlertSettings(DatabaseSettings):
     retry_exhausted_threshold: int = Field(default=5, ge=1, alias="RETRY_EXHAUSTED_THRESHOLD")
     alert_cooldown_minutes: int = Field(default=60, ge=1, alias="ALERT_COOLDOWN_MINUTES")
     dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
-    runbook_url: str = Field(default="docs/capacity/testing-and-monitoring.md#runbook", alias="RUNBOOK_URL")
+    # The runbook page's absolute URL; each alert kind links to its own anchor on it.
+    runbook_url: str | None = Field(default=None, alias="RUNBOOK_URL")
     include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
     reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
     # "Any overbooked slot": by default every future slot with bookings (ten years ahead).
@@ -104,6 +105,15 @@ class AlertSettings(DatabaseSettings):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s):// URL")
         return value
+
+
+    @field_validator("runbook_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        # It is clicked from an email at 3 am: a relative path would lead nowhere.
+        if value is not None and not value.startswith(("https://", "http://", "file:///")):
+            raise ValueError("must be an absolute URL (https://...) of the runbook page")
+        return value.split("#", 1)[0] if value is not None else None
 
 
 class RollupSettings(DatabaseSettings):

@@ -1,6 +1,6 @@
 """The load-test report (contract section 7): the JSON document, the terminal table and a
-self-contained HTML page with inline SVG charts (no scripts, no network), written side by side
-as ``reports/load-tests/<UTC timestamp>.{json,html}``.
+self-contained HTML page with charts (uPlot and the data embedded, no network), written side by
+side as ``reports/load-tests/<UTC timestamp>.{json,txt,html}``.
 
 Everything here is pure: :func:`build_report` takes Artillery's output and the verification's
 findings and decides pass/fail; the renderers only read the finished report, so a report JSON
@@ -18,6 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from capacity import figures
+from capacity.outcomes import OUTCOME_EVENTS
 
 # Statuses the scenario accepts; anything else is a failure of the run.
 ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
@@ -44,8 +47,16 @@ class Verification:
     success_events: int | None = None
     ledger_mismatches: list[dict[str, Any]] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    # Buckets {"t": iso, <event type>: n, ...}; "requests" (outcome events) and "conflicts"
+    # (requests that met a conflict, capacity.figures.CONFLICTED_SQL) when load.py counts them.
     events_timeline: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Fault-injected runs: bookings answered 201 / cancellations answered 204 that are not in
+    # effect afterwards (None = not checked), and checks of the run's history.
+    acknowledged_lost: int | None = None
+    cancellations_lost: int | None = None
+    history_checks: list[dict[str, Any]] = field(default_factory=list)  # {"check", "passed", "detail"}
+    conflicted_requests: int | None = None  # capacity.figures.CONFLICTED_SQL over the run's events
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,30 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
+_THRESHOLD = re.compile(r"^(?P<metric>[\w.\- ]+?)\s*(?P<op><=|<)\s*(?P<value>\d+(?:\.\d+)?)$")
+
+
+def latency_thresholds(ensure: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The latency limits among the ensure checks (``http.response_time.p99 < 2500``, the
+    scenario's ``config.ensure.thresholds`` as Artillery prints them) as
+    ``{metric, percentile, valueMs, passed}``; other checks (``maxErrorRate``) are not latencies."""
+    limits = []
+    for check in ensure:
+        m = _THRESHOLD.match(str(check.get("check", "")))
+        if not m or not m["metric"].startswith("http.response_time."):
+            continue
+        percentile = m["metric"].rsplit(".", 1)[1]
+        limits.append(
+            {
+                "metric": m["metric"],
+                "percentile": percentile,
+                "valueMs": float(m["value"]),
+                "passed": bool(check.get("passed")),
+            }
+        )
+    return limits
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -111,66 +146,96 @@ def responses_201(aggregate: Mapping[str, Any]) -> int:
     return counter(aggregate, "http.codes.201") - counter(aggregate, "bookings.replayed_201")
 
 
+def restaurant_label(restaurant_id: str, names: Mapping[str, str] | None) -> str:
+    """The restaurant's name when the run knows it, else the first 8 characters of its id."""
+    return (names or {}).get(restaurant_id) or restaurant_id[:8]
+
+
+class _Checks:
+    """The checks of a run in the order the checks table shows them."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, passed: bool, detail: str) -> None:
+        self.items.append({"name": name, "passed": passed, "detail": detail})
+
+
 def decide(
     aggregate: Mapping[str, Any] | None,
     artillery_exit_code: int | None,
     ensure_checks: Sequence[EnsureCheck],
     verification: Verification,
     expect_rate_limit: bool = False,
+    *,
+    restaurant_names: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every check of the run as ``{name, passed, detail}``, and the failures in words."""
-    checks: list[dict[str, Any]] = []
-
-    def check(name: str, passed: bool, detail: str) -> None:
-        checks.append({"name": name, "passed": passed, "detail": detail})
-
+    check = _Checks()
     over = verification.over_capacity
     check(
         "no slot over capacity",
         not over,
         f"{len(verification.slots)} slots reconciled, {len(over)} over capacity"
         + "".join(
-            f"; {s['restaurantId'][:8]} {s['date']} {s['time']}: {s['confirmedCovers']} > {s['maxCovers']}"
+            f"; {restaurant_label(s['restaurantId'], restaurant_names)} {s['date']} {s['time']}: "
+            f"{s['confirmedCovers']} > {s['maxCovers']}"
             for s in over[:5]
         ),
     )
     if aggregate is None:
         check("Artillery produced results", False, f"no output file (exit code {artillery_exit_code})")
     else:
-        created = responses_201(aggregate)
-        check("bookings were made", created > 0, f"{created} bookings created by 201 responses")
-        if verification.bookings_stored is not None:
-            check(
-                "201 responses = bookings stored",
-                created == verification.bookings_stored,
-                f"{created} created (201s minus {counter(aggregate, 'bookings.replayed_201')} replays), "
-                f"{verification.bookings_stored} stored for the run",
-            )
-        created_covers = counter(aggregate, "bookings.created_covers")
-        if verification.covers_stored is not None and created_covers:
-            check(
-                "covers of 201 responses = covers stored",
-                created_covers == verification.covers_stored,
-                f"{created_covers} covers answered 201, {verification.covers_stored} stored",
-            )
-        unexpected = {code: n for code, n in status_counts(aggregate).items() if code not in ALLOWED_STATUSES}
-        errors = transport_errors(aggregate)
-        failed_expectations = counter(aggregate, "plugins.expect.failed")
+        _response_checks(check, aggregate, verification, expect_rate_limit)
+    _store_checks(check, verification)
+    for ensure in ensure_checks:
+        check(f"Artillery ensure: {ensure.check}", ensure.passed, "threshold held" if ensure.passed else "exceeded")
+    if artillery_exit_code is not None:
+        check("Artillery exit code 0", artillery_exit_code == 0, f"exit code {artillery_exit_code}")
+    failures = [f"{c['name']}: {c['detail']}" for c in check.items if not c["passed"]]
+    return check.items, failures
+
+
+def _response_checks(
+    check: _Checks, aggregate: Mapping[str, Any], verification: Verification, expect_rate_limit: bool
+) -> None:
+    created = responses_201(aggregate)
+    replays = counter(aggregate, "bookings.replayed_201")
+    check("bookings were made", created > 0, f"{created} bookings created by 201 responses")
+    if verification.bookings_stored is not None:
         check(
-            "only expected answers (200, 201, 409 capacity/closed/in-progress, 429)",
-            not unexpected and not errors and not failed_expectations and not counter(aggregate, "bookings.unexpected"),
-            f"unexpected statuses {unexpected or 'none'}, transport errors {errors or 'none'}, "
-            f"failed expectations {failed_expectations}",
+            "201 responses = bookings stored",
+            created == verification.bookings_stored,
+            f"{created} created (201s minus {replays} replays), {verification.bookings_stored} stored for the run",
         )
-        if expect_rate_limit:
-            throttled = counter(aggregate, "http.codes.429")
-            check("the probe met the usage plan (429)", throttled > 0, f"{throttled} requests answered 429")
-        mismatched = counter(aggregate, "bookings.replay_mismatch")
+    created_covers = counter(aggregate, "bookings.created_covers")
+    if verification.covers_stored is not None and created_covers:
         check(
-            "replays return the original booking",
-            mismatched == 0,
-            f"{counter(aggregate, 'bookings.replayed')} replays, {mismatched} with a different booking",
+            "covers of 201 responses = covers stored",
+            created_covers == verification.covers_stored,
+            f"{created_covers} covers answered 201, {verification.covers_stored} stored",
         )
+    unexpected = {code: n for code, n in status_counts(aggregate).items() if code not in ALLOWED_STATUSES}
+    errors = transport_errors(aggregate)
+    failed_expectations = counter(aggregate, "plugins.expect.failed")
+    check(
+        "only expected answers (200, 201, 409 capacity/closed/in-progress, 429)",
+        not unexpected and not errors and not failed_expectations and not counter(aggregate, "bookings.unexpected"),
+        f"unexpected statuses {unexpected or 'none'}, transport errors {errors or 'none'}, "
+        f"failed expectations {failed_expectations}",
+    )
+    if expect_rate_limit:
+        throttled = counter(aggregate, "http.codes.429")
+        check("the probe met the usage plan (429)", throttled > 0, f"{throttled} requests answered 429")
+    mismatched = counter(aggregate, "bookings.replay_mismatch")
+    check(
+        "replays return the original booking",
+        mismatched == 0,
+        f"{counter(aggregate, 'bookings.replayed')} replays, {mismatched} with a different booking",
+    )
+
+
+def _store_checks(check: _Checks, verification: Verification) -> None:
     if verification.duplicate_keys is not None:
         check(
             "one booking per Idempotency-Key",
@@ -191,38 +256,69 @@ def decide(
             f"{len(mismatches)} slots differ"
             + "".join(f"; {m['time']}: ledger {m['ledger']} vs {m['confirmedCovers']}" for m in mismatches[:5]),
         )
-    for ensure in ensure_checks:
-        check(f"Artillery ensure: {ensure.check}", ensure.passed, "threshold held" if ensure.passed else "exceeded")
-    if artillery_exit_code is not None:
-        check("Artillery exit code 0", artillery_exit_code == 0, f"exit code {artillery_exit_code}")
-    failures = [f"{c['name']}: {c['detail']}" for c in checks if not c["passed"]]
-    return checks, failures
+    if verification.acknowledged_lost is not None:
+        check(
+            "no acknowledged booking lost",
+            verification.acknowledged_lost == 0,
+            f"{verification.acknowledged_lost} bookings answered 201 are not stored",
+        )
+    if verification.cancellations_lost is not None:
+        check(
+            "no acknowledged cancellation lost",
+            verification.cancellations_lost == 0,
+            f"{verification.cancellations_lost} cancellations answered as done are not in effect",
+        )
+    for history in verification.history_checks:
+        check(str(history["check"]), bool(history["passed"]), str(history.get("detail", "")))
 
 
 def timeline(intermediate: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Artillery's per-period entries (10 s each), reduced to what the charts draw."""
-    points = []
-    for entry in sorted(intermediate, key=lambda e: int(e.get("period", 0))):
-        counters = entry.get("counters") or {}
-        summaries = entry.get("summaries") or {}
-        latency = summaries.get("http.response_time") or {}
-        in_flight = summaries.get("load.vusers_in_flight") or {}
-        bookings = sum(int(v) for k, v in counters.items() if k.startswith("load.requests."))
-        points.append(
-            {
-                "period": _iso_ms(int(entry.get("period", 0))),
-                "requests": int(counters.get("http.requests", 0)),
-                "bookingRequests": bookings,
-                "codes": {str(code): n for code, n in status_counts(entry).items()},
-                "created": int(counters.get("bookings.created", 0)),
-                "replayed": int(counters.get("bookings.replayed", 0)),
-                "capacityExceeded": int(counters.get("bookings.refused.capacity_exceeded", 0)),
-                "rateLimited": int(counters.get("bookings.rate_limited", 0)),
-                "latencyMs": {p: latency.get(p) for p in ("p50", "p95", "p99")},
-                "vusersInFlight": in_flight.get("max"),
-            }
-        )
-    return points
+    return [_period(entry) for entry in sorted(intermediate, key=lambda e: int(e.get("period", 0)))]
+
+
+def _period(entry: Mapping[str, Any]) -> dict[str, Any]:
+    counters = entry.get("counters") or {}
+    summaries = entry.get("summaries") or {}
+    latency = summaries.get("http.response_time") or {}
+    in_flight = summaries.get("load.vusers_in_flight") or {}
+    return {
+        "period": _iso_ms(int(entry.get("period", 0))),
+        "requests": int(counters.get("http.requests", 0)),
+        "requestRate": (entry.get("rates") or {}).get("http.request_rate"),
+        "bookingRequests": sum(int(v) for k, v in counters.items() if k.startswith("load.requests.")),
+        "codes": {str(code): n for code, n in status_counts(entry).items()},
+        "created": int(counters.get("bookings.created", 0)),
+        "replayed": int(counters.get("bookings.replayed", 0)),
+        "replayed201": int(counters.get("bookings.replayed_201", 0)),
+        "replayed409": int(counters.get("bookings.replayed_409", 0)),
+        "capacityExceeded": int(counters.get("bookings.refused.capacity_exceeded", 0)),
+        "slotClosed": int(counters.get("bookings.refused.slot_closed", 0)),
+        "rateLimited": int(counters.get("bookings.rate_limited", 0)),
+        "vusersCreated": int(counters.get("vusers.created", 0)),
+        "vusersCompleted": int(counters.get("vusers.completed", 0)),
+        "vusersFailed": int(counters.get("vusers.failed", 0)),
+        "latencyMs": {p: latency.get(p) for p in ("p50", "p95", "p99")},
+        "endpointLatencyMs": {
+            name: {p: summary.get(p) for p in ("p50", "p95", "p99")}
+            for name, summary in endpoint_latency(entry).items()
+        },
+        "vusersInFlight": in_flight.get("max"),
+    }
+
+
+_BY_ENDPOINT = "plugins.metrics-by-endpoint.response_time."
+
+
+def endpoint_latency(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metrics-by-endpoint plugin's latency summary per endpoint name (``POST /bookings``…),
+    empty when the plugin was off."""
+    summaries = metrics.get("summaries") or {}
+    return {
+        name.removeprefix(_BY_ENDPOINT): dict(summary)
+        for name, summary in sorted(summaries.items())
+        if name.startswith(_BY_ENDPOINT) and summary
+    }
 
 
 def _iso_ms(epoch_ms: int) -> str:
@@ -244,41 +340,84 @@ def build_report(
     verification: Verification,
     hot_slots: Sequence[Mapping[str, Any]] = (),
     expect_rate_limit: bool = False,
+    faults: Sequence[Mapping[str, Any]] = (),
+    restaurant_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     aggregate = dict(artillery_output["aggregate"]) if artillery_output else None
-    checks, failures = decide(aggregate, artillery_exit_code, ensure_checks, verification, expect_rate_limit)
-    slot_fields = ("restaurantId", "date", "time", "maxCovers", "confirmedCovers")
-    report: dict[str, Any] = {
+    names = {rid: str(name) for rid, name in (restaurant_names or {}).items()}
+    checks, failures = decide(
+        aggregate, artillery_exit_code, ensure_checks, verification, expect_rate_limit, restaurant_names=names
+    )
+    return {
         "runId": run_id,
         "startedAt": _iso(started_at),
         "finishedAt": _iso(finished_at),
-        "target": {"baseUrl": base_url, "restaurantIds": list(restaurant_ids), "dates": list(dates)},
+        "target": {
+            "baseUrl": base_url,
+            "restaurantIds": list(restaurant_ids),
+            "dates": list(dates),
+            "restaurantNames": names,
+        },
         "scenario": scenario,
         "artillery": {
             "aggregate": aggregate,
             "exitCode": artillery_exit_code,
             "ensure": [c.as_json() for c in ensure_checks],
         },
-        "verification": {
-            "mode": verification.mode,
-            "slots": verification.slots,
-            "overCapacitySlots": [{k: s[k] for k in slot_fields} for s in verification.over_capacity],
-            "responses201": responses_201(aggregate) if aggregate else 0,
-            "bookingsStored": verification.bookings_stored,
-            "duplicateIdempotencyKeys": verification.duplicate_keys,
-            "coversStored": verification.covers_stored,
-            "ledgerMismatches": verification.ledger_mismatches,
-            "hotSlots": [dict(h) for h in hot_slots],
-            "checks": checks,
-            "warnings": verification.warnings,
-        },
+        "verification": _verification_json(verification, aggregate, hot_slots, checks),
         "events": dict(sorted(verification.events.items())),
         "timeline": timeline(artillery_output.get("intermediate") or []) if artillery_output else [],
         "eventsTimeline": verification.events_timeline,
+        "faults": [_fault_json(f) for f in faults],
         "failures": failures,
         "passed": not failures,
     }
-    return report
+
+
+def _verification_json(
+    verification: Verification,
+    aggregate: Mapping[str, Any] | None,
+    hot_slots: Sequence[Mapping[str, Any]],
+    checks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    slot_fields = ("restaurantId", "date", "time", "maxCovers", "confirmedCovers")
+    requests = sum(n for event, n in verification.events.items() if event in OUTCOME_EVENTS)
+    conflicted = verification.conflicted_requests
+    return {
+        "mode": verification.mode,
+        "slots": verification.slots,
+        "overCapacitySlots": [{k: s[k] for k in slot_fields} for s in verification.over_capacity],
+        "responses201": responses_201(aggregate) if aggregate else 0,
+        "bookingsStored": verification.bookings_stored,
+        "duplicateIdempotencyKeys": verification.duplicate_keys,
+        "coversStored": verification.covers_stored,
+        "ledgerMismatches": verification.ledger_mismatches,
+        "hotSlots": [dict(h) for h in hot_slots],
+        "acknowledgedLost": verification.acknowledged_lost,
+        "cancellationsLost": verification.cancellations_lost,
+        "historyChecks": [dict(h) for h in verification.history_checks],
+        # capacity.figures' definition: requests that met a conflict / booking requests (outcome events).
+        "bookingRequests": requests if verification.events else None,
+        "conflictedRequests": conflicted,
+        "conflictRate": None if conflicted is None else figures.conflict_rate(conflicted, requests),
+        "checks": checks,
+        "warnings": verification.warnings,
+    }
+
+
+def _fault_json(fault: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": fault.get("kind"),
+        "startedAt": _when(fault.get("startedAt")),
+        "endedAt": _when(fault.get("endedAt")),
+        "recoveredAfterMs": fault.get("recoveredAfterMs"),
+    }
+
+
+def _when(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value
 
 
 def _iso(moment: dt.datetime) -> str:

@@ -101,7 +101,10 @@ def test_a_clean_run_passes_with_the_contract_fields(passing_output: dict[str, A
         "baseUrl": "http://127.0.0.1:3000",
         "restaurantIds": [RESTAURANT],
         "dates": ["2026-12-26", "2026-12-27"],
+        "restaurantNames": {},
     }
+    assert report["faults"] == []
+    assert report["verification"]["acknowledgedLost"] is None and report["verification"]["cancellationsLost"] is None
     # Artillery's own aggregate, as it wrote it.
     assert report["artillery"]["aggregate"] == passing_output["aggregate"]
     v = report["verification"]
@@ -240,6 +243,118 @@ def test_availability_mode_checks_what_it_can(passing_output: dict[str, Any]) ->
     names = [c["name"] for c in report["verification"]["checks"]]
     assert "201 responses = bookings stored" not in names
     assert "no slot over capacity" in names
+
+
+def test_faults_and_restaurant_names_are_reported(passing_output: dict[str, Any]) -> None:
+    crash = {
+        "kind": "db-crash",
+        "startedAt": STARTED + dt.timedelta(seconds=5),
+        "endedAt": "2026-11-25T09:12:14.500Z",
+        "recoveredAfterMs": 2300,
+    }
+    over = slot("19:45", 44)
+
+    report = reports.build_report(
+        run_id="lt-faults",
+        started_at=STARTED,
+        finished_at=FINISHED,
+        base_url="http://127.0.0.1:3000",
+        restaurant_ids=[RESTAURANT],
+        dates=["2026-12-26"],
+        scenario="load/capacity-smoke.yml",
+        artillery_output=passing_output,
+        artillery_exit_code=0,
+        ensure_checks=[],
+        verification=verification(slots=[over], over_capacity=[over]),
+        faults=[crash],
+        restaurant_names={RESTAURANT: "Trattoria Roma"},
+    )
+
+    assert report["faults"] == [
+        {
+            "kind": "db-crash",
+            "startedAt": "2026-11-25T09:12:12.000Z",
+            "endedAt": "2026-11-25T09:12:14.500Z",
+            "recoveredAfterMs": 2300,
+        }
+    ]
+    assert report["target"]["restaurantNames"] == {RESTAURANT: "Trattoria Roma"}
+    assert (
+        "no slot over capacity: 1 slots reconciled, 1 over capacity; Trattoria Roma 2026-12-26 19:45: 44 > 40"
+        in (report["failures"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "failure"),
+    [
+        ({"acknowledged_lost": 2}, "no acknowledged booking lost: 2 bookings answered 201 are not stored"),
+        (
+            {"cancellations_lost": 1},
+            "no acknowledged cancellation lost: 1 cancellations answered as done are not in effect",
+        ),
+        (
+            {"history_checks": [{"check": "no booking confirmed twice", "passed": False, "detail": "1 booking"}]},
+            "no booking confirmed twice: 1 booking",
+        ),
+    ],
+)
+def test_lost_acknowledgements_and_failed_history_checks_fail(
+    passing_output: dict[str, Any], overrides: dict[str, Any], failure: str
+) -> None:
+    report = build(passing_output, verification(**overrides))
+
+    assert report["passed"] is False
+    assert report["failures"] == [failure]
+
+
+def test_nothing_lost_passes_and_is_listed(passing_output: dict[str, Any]) -> None:
+    history = [{"check": "every acknowledged booking readable by id", "passed": True, "detail": "156 read"}]
+    report = build(passing_output, verification(acknowledged_lost=0, cancellations_lost=0, history_checks=history))
+
+    assert report["passed"] is True
+    v = report["verification"]
+    assert (v["acknowledgedLost"], v["cancellationsLost"]) == (0, 0)
+    assert v["historyChecks"] == history
+    names = [c["name"] for c in v["checks"]]
+    assert {"no acknowledged booking lost", "no acknowledged cancellation lost"} <= set(names)
+    assert "every acknowledged booking readable by id" in names
+
+
+def test_conflict_rate_is_conflicted_requests_over_booking_requests(passing_output: dict[str, Any]) -> None:
+    events = {
+        "booking.success": 156,
+        "booking.capacity_exceeded": 19,
+        "booking.retry_exhausted": 0,
+        "booking.overbook_prevented": 3,
+        "booking.conflict": 4,
+    }
+
+    report = build(passing_output, verification(events=events, conflicted_requests=7))
+
+    v = report["verification"]
+    assert v["bookingRequests"] == 175  # outcome events only
+    assert v["conflictedRequests"] == 7
+    assert v["conflictRate"] == pytest.approx(7 / 175)
+
+
+def test_conflict_rate_is_unknown_when_not_counted(passing_output: dict[str, Any]) -> None:
+    report = build(passing_output, verification())
+
+    assert report["verification"]["conflictRate"] is None
+
+
+def test_latency_thresholds_come_from_the_ensure_checks() -> None:
+    ensure = [
+        {"check": "http.response_time.p99 < 2500", "passed": True},
+        {"check": "http.response_time.p95 <= 800.5", "passed": False},
+        {"check": "maxErrorRate < 0", "passed": True},
+    ]
+
+    assert reports.latency_thresholds(ensure) == [
+        {"metric": "http.response_time.p99", "percentile": "p99", "valueMs": 2500.0, "passed": True},
+        {"metric": "http.response_time.p95", "percentile": "p95", "valueMs": 800.5, "passed": False},
+    ]
 
 
 def test_timeline_reduces_each_period(failing_output: dict[str, Any]) -> None:

@@ -10,9 +10,8 @@ can be re-rendered later (``render_html(json.load(...))``).
 from __future__ import annotations
 
 import datetime as dt
-import html
+import itertools
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 from capacity import figures
 from capacity.outcomes import OUTCOME_EVENTS
+from capctl import pages
 
 # Statuses the scenario accepts; anything else is a failure of the run.
 ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
@@ -428,16 +428,35 @@ def report_stem(started_at: dt.datetime) -> str:
     return started_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def write_report(report: Mapping[str, Any], directory: Path, stem: str) -> tuple[Path, Path]:
+def write_report(report: Mapping[str, Any], directory: Path, stem: str, *, trend_runs: int = 10) -> tuple[Path, Path]:
     """The JSON report, and beside it the human-readable summary: the terminal table as
-    ``<stem>.txt`` and the HTML page with charts as ``<stem>.html``."""
+    ``<stem>.txt`` and the HTML page with charts as ``<stem>.html`` (which compares the run with
+    the last ``trend_runs`` reports of ``directory``)."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / f"{stem}.json"
     html_path = directory / f"{stem}.html"
+    earlier = earlier_reports(directory, report, limit=trend_runs)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    (directory / f"{stem}.txt").write_text(render_table(report, max_slots=10_000) + "\n")
-    html_path.write_text(render_html(report))
+    html_path.write_text(render_html(report, earlier=earlier))
+    (directory / f"{stem}.txt").write_text(render_table(report, max_slots=10_000, html_path=html_path) + "\n")
     return json_path, html_path
+
+
+def earlier_reports(directory: Path, report: Mapping[str, Any], *, limit: int = 10) -> list[dict[str, Any]]:
+    """The last ``limit`` load-test reports in ``directory`` that started before ``report``,
+    oldest first; files that are not reports (or not readable) are passed over."""
+    found = []
+    for path in directory.glob("*.json"):
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(other, dict) or not {"runId", "startedAt", "artillery", "verification"} <= other.keys():
+            continue
+        if other["runId"] != report["runId"] and str(other["startedAt"]) < str(report["startedAt"]):
+            found.append(other)
+    found.sort(key=lambda r: str(r["startedAt"]))
+    return found[-limit:] if limit > 0 else []
 
 
 # --------------------------------------------------------------------------- terminal
@@ -447,18 +466,20 @@ def _fmt_ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f} ms"
 
 
-def render_table(report: Mapping[str, Any], max_slots: int = 12) -> str:
-    """The summary an on-call operator reads: verdict, traffic, the fullest slots, every check."""
+def render_table(report: Mapping[str, Any], max_slots: int = 12, *, html_path: Path | None = None) -> str:
+    """The summary an on-call operator reads: verdict, traffic, the fullest slots, every check,
+    and where the HTML page with the charts is."""
     aggregate = report["artillery"]["aggregate"] or {}
     verification = report["verification"]
-    latency = (aggregate.get("summaries") or {}).get("http.response_time") or {}
-    in_flight = (aggregate.get("summaries") or {}).get("load.vusers_in_flight") or {}
+    names = report["target"].get("restaurantNames") or {}
+    latency = _summary(aggregate, "http.response_time")
+    in_flight = _summary(aggregate, "load.vusers_in_flight")
     codes = status_counts(aggregate)
     replayed_201 = counter(aggregate, "bookings.replayed_201")
     lines = [
         f"Load test {report['runId']}: {'PASSED' if report['passed'] else 'FAILED'}",
         f"  target     {report['target']['baseUrl']}  dates {_dates(report['target'])}  "
-        f"restaurants {', '.join(r[:8] for r in report['target']['restaurantIds'])}",
+        f"restaurants {', '.join(restaurant_label(r, names) for r in report['target']['restaurantIds'])}",
         f"  time       {report['startedAt']} -> {report['finishedAt']}",
         f"  diners     {counter(aggregate, 'vusers.created')} created, peak in flight {in_flight.get('max', '-')}",
         f"  requests   {counter(aggregate, 'http.requests')}: "
@@ -467,22 +488,13 @@ def render_table(report: Mapping[str, Any], max_slots: int = 12) -> str:
         f"  latency    p50 {_fmt_ms(latency.get('p50'))}  p95 {_fmt_ms(latency.get('p95'))}  "
         f"p99 {_fmt_ms(latency.get('p99'))}  max {_fmt_ms(latency.get('max'))}",
     ]
-    slots = [s for s in verification["slots"] if s.get("confirmedCovers") or s.get("byRun")]
-    slots.sort(key=_fill_ratio, reverse=True)
-    if slots:
-        lines.append("")
-        lines.append(f"  {'slot':<30} {'max':>5} {'before':>7} {'after':>6} {'run':>5}  state")
-        for s in slots[:max_slots]:
-            max_covers = "-" if s["maxCovers"] is None else str(s["maxCovers"])
-            over = s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]
-            full = s["maxCovers"] is not None and s["confirmedCovers"] == s["maxCovers"]
-            state = "OVER CAPACITY" if over else ("full" if full else "")
-            lines.append(
-                f"  {s['restaurantId'][:8] + ' ' + s['date'] + ' ' + s['time']:<30} {max_covers:>5} "
-                f"{_dash(s.get('bookedBefore')):>7} {s['confirmedCovers']:>6} {_dash(s.get('byRun')):>5}  {state}"
-            )
-        if len(slots) > max_slots:
-            lines.append(f"  ... {len(slots) - max_slots} more slots in the HTML report")
+    lines += [
+        f"  {'':<10} {name}: p95 {_fmt_ms(s.get('p95'))}  p99 {_fmt_ms(s.get('p99'))}"
+        for name, s in endpoint_latency(aggregate).items()
+    ]
+    for fault in report.get("faults") or []:
+        lines.append(f"  fault      {fault['kind']} {fault['startedAt']} -> {fault['endedAt']}{_recovered(fault)}")
+    lines += _slot_lines(verification["slots"], names, max_slots)
     lines.append("")
     lines.append("  checks")
     for c in verification["checks"]:
@@ -492,7 +504,39 @@ def render_table(report: Mapping[str, Any], max_slots: int = 12) -> str:
     if report["events"]:
         lines.append("")
         lines.append("  events     " + ", ".join(f"{k} {v}" for k, v in report["events"].items()))
+    if html_path is not None:
+        lines.append("")
+        lines.append(f"  charts     {html_path}")
     return "\n".join(lines)
+
+
+def _slot_lines(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str], max_slots: int) -> list[str]:
+    booked = sorted((s for s in slots if s.get("confirmedCovers") or s.get("byRun")), key=_fill_ratio, reverse=True)
+    if not booked:
+        return []
+    lines = ["", f"  {'slot':<34} {'max':>5} {'before':>7} {'after':>6} {'run':>5}  state"]
+    for s in booked[:max_slots]:
+        max_covers = "-" if s["maxCovers"] is None else str(s["maxCovers"])
+        over = s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]
+        full = s["maxCovers"] is not None and s["confirmedCovers"] == s["maxCovers"]
+        state = "OVER CAPACITY" if over else ("full" if full else "")
+        label = f"{restaurant_label(s['restaurantId'], names)[:16]} {s['date']} {s['time']}"
+        lines.append(
+            f"  {label:<34} {max_covers:>5} "
+            f"{_dash(s.get('bookedBefore')):>7} {s['confirmedCovers']:>6} {_dash(s.get('byRun')):>5}  {state}"
+        )
+    if len(booked) > max_slots:
+        lines.append(f"  ... {len(booked) - max_slots} more slots in the HTML report")
+    return lines
+
+
+def _recovered(fault: Mapping[str, Any]) -> str:
+    ms = fault.get("recoveredAfterMs")
+    return "" if ms is None else f", recovered after {float(ms) / 1000:.1f} s"
+
+
+def _summary(metrics: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return dict((metrics.get("summaries") or {}).get(name) or {})
 
 
 def _dates(target: Mapping[str, Any]) -> str:
@@ -512,169 +556,355 @@ def _fill_ratio(slot: Mapping[str, Any]) -> float:
 
 # --------------------------------------------------------------------------- HTML
 
-_COLORS = {
-    "p50": "#2b8a3e",
-    "p95": "#e67700",
-    "p99": "#c92a2a",
-    "201": "#2b8a3e",
-    "201 replayed": "#8ce99a",
-    "200": "#74c0fc",
-    "409": "#e67700",
-    "429": "#845ef7",
-    "other": "#c92a2a",
-    "refused": "#e67700",
-    "conflict": "#c92a2a",
-}
 
-_W, _H = 720, 260
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 16, 44
+def render_html(report: Mapping[str, Any], *, earlier: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The page (templates/report.html.j2): the checks first, then the charts, drawn by uPlot
+    in the browser from the data embedded in the page; ``earlier`` reports make the trend."""
+    return pages.render("report.html.j2", **html_context(report, earlier))
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+def html_context(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Everything the template shows; ``charts`` holds each uPlot chart's spec (charts.js), its
+    ``heading`` is the card's (no uPlot title: the card says it once)."""
+    aggregate = report["artillery"]["aggregate"] or {}
+    target = report["target"]
+    names = target.get("restaurantNames") or {}
+    points = report.get("timeline") or []
+    bands = fault_bands(report.get("faults") or [])
+    limits = latency_thresholds(report["artillery"].get("ensure") or [])
+    trend = trend_rows(report, earlier)
+    charts = {
+        "latency": latency_chart(points, limits, bands),
+        "latency-histogram": histogram_chart(_summary(aggregate, "http.response_time"), limits),
+        "throughput": throughput_chart(points, bands),
+        "vusers": vusers_chart(points, bands),
+        "statuses": statuses_chart(points, bands),
+        "conflict-rate": conflict_chart(report, bands),
+        "capacity-slots": slots_chart(report["verification"], names),
+        "trend": trend_chart(trend),
+    }
+    return {
+        "report": report,
+        "restaurants": [restaurant_label(r, names) for r in target["restaurantIds"]],
+        "dates": _dates(target),
+        "answers": answers(report),
+        "endpoints": endpoint_rows(aggregate),
+        "limits": limits,
+        "faults": [{**f, "recovered": _recovered(f).removeprefix(", ")} for f in report.get("faults") or []],
+        "heatmap": capacity_heatmap(report["verification"]["slots"], names),
+        "trend": trend,
+        "regressions": regressions(trend),
+        "counters": {
+            k: v
+            for k, v in sorted((aggregate.get("counters") or {}).items())
+            if k.startswith(("bookings.", "load.", "vusers.", "errors.", "plugins.expect."))
+        },
+        "charts": charts,
+    }
 
 
-def _nice_max(value: float) -> float:
-    """The smallest round axis top at or above ``value`` with four round ticks."""
-    if value <= 0:
+def _epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+
+
+def fault_bands(faults: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each injected fault as a shaded span of the time charts, from its start to its end."""
+    bands = []
+    for fault in faults:
+        if not fault.get("startedAt"):
+            continue
+        start = _epoch(fault["startedAt"])
+        end = _epoch(fault["endedAt"]) if fault.get("endedAt") else start
+        bands.append({"from": start, "to": max(end, start), "label": str(fault.get("kind") or "fault")})
+    return bands
+
+
+def _time_chart(title: str, points_x: list[float], series: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"heading": title, "kind": "time", "x": points_x, "series": series, **spec}
+
+
+def _limit_lines(limits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"label": f"ensure {lim['percentile']} < {lim['valueMs']:g} ms", "value": lim["valueMs"], "color": "#c92a2a"}
+        for lim in limits
+    ]
+
+
+def latency_chart(
+    points: Sequence[Mapping[str, Any]], limits: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """p95 per endpoint (metrics-by-endpoint) and p99 of all requests per period; without the
+    plugin, p50/p95/p99 of all requests. Log scale: the ensure limit is far above a healthy run."""
+    endpoints = sorted({name for p in points for name in p.get("endpointLatencyMs") or {}})
+    series: list[dict[str, Any]] = [
+        {
+            "label": f"{name} p95",
+            "values": [((p.get("endpointLatencyMs") or {}).get(name) or {}).get("p95") for p in points],
+        }
+        for name in endpoints
+    ]
+    overall = ("p99",) if endpoints else ("p50", "p95", "p99")
+    series += [
+        {"label": f"all requests {q}", "values": [p["latencyMs"].get(q) for p in points], "color": _GREYS.get(q)}
+        for q in overall
+    ]
+    return _time_chart(
+        "Latency per endpoint (per 10 s period)",
+        [_epoch(p["period"]) for p in points],
+        series,
+        yUnit=" ms",
+        yLog=True,
+        thresholds=_limit_lines(limits),
+        bands=bands,
+    )
+
+
+_GREYS = {"p50": "#74c0fc", "p95": "#1c7ed6", "p99": "#495057"}
+# Bucket edges of the latency histogram (ms); an ensure limit becomes an edge of its own.
+_LATENCY_EDGES_MS = (0, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000)
+_QUANTILES = (
+    ("min", 0.0),
+    ("p50", 0.5),
+    ("p75", 0.75),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p999", 0.999),
+    ("max", 1.0),
+)
+
+
+def histogram_edges(max_ms: float | None, limits_ms: Sequence[float]) -> list[float]:
+    """Bucket edges from 0 up past the slowest request and past every limit, so that a limit
+    line is drawn inside the chart."""
+    top = max([float(max_ms or 0), *limits_ms])
+    edges = sorted({float(e) for e in _LATENCY_EDGES_MS if e <= top} | {float(v) for v in limits_ms})
+    beyond = [float(e) for e in _LATENCY_EDGES_MS if e > edges[-1]]
+    edges.append(beyond[0] if beyond else edges[-1] * 2)
+    return edges
+
+
+def latency_histogram(summary: Mapping[str, Any], edges: Sequence[float]) -> list[int]:
+    """Requests per latency bucket, estimated from Artillery's percentiles (its JSON keeps no
+    raw samples): the distribution is taken as linear between min, p50, p75 … p999, max.
+    Rounded cumulatively, so the buckets add up to the request count."""
+    knots = sorted((float(summary[k]), q) for k, q in _QUANTILES if summary.get(k) is not None)
+    count = int(summary.get("count") or 0)
+    if not knots or not count:
+        return [0] * (len(edges) - 1)
+    cumulative = [round(count * _cdf(knots, e)) for e in edges]
+    return [b - a for a, b in itertools.pairwise(cumulative)]
+
+
+def _cdf(knots: Sequence[tuple[float, float]], x: float) -> float:
+    below = [k for k in knots if k[0] <= x]
+    above = [k for k in knots if k[0] > x]
+    if not below:
+        return 0.0
+    v0, q0 = max(below)
+    if not above:
         return 1.0
-    quarter = value / 4
-    magnitude = 10.0 ** math.floor(math.log10(quarter))
-    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if quarter <= step * magnitude:
-            return 4 * step * magnitude
-    return value  # pragma: no cover - the loop always returns
+    v1, q1 = min(above)
+    return q0 + (q1 - q0) * (x - v0) / (v1 - v0)
 
 
-def _axes(y_max: float, y_unit: str, x_labels: Sequence[str]) -> list[str]:
-    parts = []
-    plot_h = _H - _PAD_T - _PAD_B
-    for i in range(5):
-        value = y_max * i / 4
-        y = _PAD_T + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#dee2e6"/>')
-        label = f"{value:g}{y_unit}"
-        parts.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_esc(label)}</text>')
-    n = len(x_labels)
-    if n:
-        step = max(1, -(-n // 8))  # at most 8 labels: a time label needs room
-        for i in range(0, n, step):
-            x = _x(i, n)
-            parts.append(
-                f'<text x="{x:.1f}" y="{_H - _PAD_B + 16}" text-anchor="middle" class="tick">{_esc(x_labels[i])}</text>'
-            )
-    return parts
+def _ms_label(ms: float, space: str = " ") -> str:
+    return f"{ms / 1000:g}{space}s" if ms >= 1000 else f"{ms:g}{space}ms"
 
 
-def _x(i: int, n: int) -> float:
-    plot_w = _W - _PAD_L - _PAD_R
-    return _PAD_L + (plot_w * (i + 0.5) / n if n else 0)
+def histogram_chart(summary: Mapping[str, Any], limits: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    limits_ms = [float(lim["valueMs"]) for lim in limits]
+    edges = histogram_edges(summary.get("max"), limits_ms)
+    counts = latency_histogram(summary, edges)
+    total = sum(counts)
+    running = [sum(counts[: i + 1]) / total * 100 if total else None for i in range(len(counts))]
+    return {
+        "heading": "Latency histogram, all requests (estimated from Artillery's percentiles)",
+        "kind": "category",
+        "x": list(range(len(counts))),
+        # "<25ms": the bucket from the previous edge up to 25 ms.
+        "xLabels": [f"<{_ms_label(hi, '')}" for hi in edges[1:]],
+        "series": [
+            {"label": "requests", "values": counts, "style": "bars", "color": "#1c7ed6"},
+            {"label": "requests at or below", "values": running, "scale": "y2", "color": "#495057"},
+        ],
+        "yUnit": "",
+        "y2Unit": " %",
+        "xThresholds": [
+            {"label": f"ensure {lim['percentile']} < {_ms_label(lim['valueMs'])}", "value": edges.index(v) - 0.5}
+            for lim, v in zip(limits, limits_ms, strict=True)
+        ],
+    }
 
 
-def _y(value: float, y_max: float) -> float:
-    plot_h = _H - _PAD_T - _PAD_B
-    return _PAD_T + plot_h - plot_h * (value / y_max if y_max else 0)
+def _per_second(n: float, point: Mapping[str, Any]) -> float:
+    """``n`` of a period as a rate, over the period's window as Artillery measured it (the first
+    and last periods are short); 10 s when it did not say."""
+    rate, requests = point.get("requestRate"), point.get("requests")
+    if rate and requests:
+        return round(n * float(rate) / float(requests), 2)
+    return round(n / 10, 2)
 
 
-def _legend(names: Sequence[str]) -> str:
-    items = "".join(
-        f'<span class="key"><i style="background:{_COLORS.get(n, "#495057")}"></i>{_esc(n)}</span>' for n in names
+def throughput_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+    return _time_chart(
+        "Requests per second",
+        [_epoch(p["period"]) for p in points],
+        [
+            {"label": "all requests", "values": [_per_second(p["requests"], p) for p in points], "style": "area"},
+            {"label": "booking requests", "values": [_per_second(p["bookingRequests"], p) for p in points]},
+            {"label": "bookings created", "values": [_per_second(p["created"], p) for p in points]},
+        ],
+        yUnit=" /s",
+        bands=bands,
     )
-    return f'<div class="legend">{items}</div>'
 
 
-def line_chart(title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]], unit: str) -> str:
-    values = [v for s in series.values() for v in s if v is not None]
-    if not x_labels or not values:
-        return f"<h3>{_esc(title)}</h3><p class='empty'>no data</p>"
-    y_max = _nice_max(max(values))
-    parts = [f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{_esc(title)}">', *_axes(y_max, unit, x_labels)]
-    n = len(x_labels)
-    for name, points in series.items():
-        coords = [(_x(i, n), _y(v, y_max)) for i, v in enumerate(points) if v is not None]
-        color = _COLORS.get(name, "#495057")
-        if len(coords) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for (x, y), v in zip(coords, [v for v in points if v is not None], strict=True):
-            parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>{_esc(name)}: {v}</title></circle>'
-            )
-    parts.append("</svg>")
-    return f"<h3>{_esc(title)}</h3>{_legend(list(series))}" + "".join(parts)
-
-
-def stacked_bars(title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[float]], unit: str = "") -> str:
-    n = len(x_labels)
-    totals = [sum(s[i] for s in series.values()) for i in range(n)]
-    if not n or not any(totals):
-        return f"<h3>{_esc(title)}</h3><p class='empty'>no data</p>"
-    y_max = _nice_max(max(totals))
-    plot_w = _W - _PAD_L - _PAD_R
-    bar_w = max(2.0, plot_w / n * 0.7)
-    parts = [f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{_esc(title)}">', *_axes(y_max, unit, x_labels)]
-    for i in range(n):
-        base = 0.0
-        for name, values in series.items():
-            v = values[i]
-            if not v:
-                continue
-            y_top, y_bottom = _y(base + v, y_max), _y(base, y_max)
-            parts.append(
-                f'<rect x="{_x(i, n) - bar_w / 2:.1f}" y="{y_top:.1f}" width="{bar_w:.1f}" '
-                f'height="{max(0.5, y_bottom - y_top):.1f}" fill="{_COLORS.get(name, "#495057")}">'
-                f"<title>{_esc(x_labels[i])} {_esc(name)}: {v}</title></rect>"
-            )
-            base += v
-    parts.append("</svg>")
-    return f"<h3>{_esc(title)}</h3>{_legend(list(series))}" + "".join(parts)
-
-
-def capacity_chart(title: str, slots: Sequence[Mapping[str, Any]]) -> str:
-    """Confirmed covers per slot against the capacity in force (tick); over capacity in red."""
-    shown = [s for s in slots if s.get("confirmedCovers") or s.get("byRun")]
-    if not shown:
-        return f"<h3>{_esc(title)}</h3><p class='empty'>no slot holds bookings</p>"
-    row_h, label_w, width = 18, 200, _W
-    height = row_h * len(shown) + 30
-    limit = max(1, *((s["maxCovers"] or 0) for s in shown), *(s["confirmedCovers"] for s in shown))
-    scale = (width - label_w - 60) / limit
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">']
-    for i, s in enumerate(shown):
-        y = 10 + i * row_h
-        over = s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]
-        label = f"{s['restaurantId'][:8]} {s['date']} {s['time']}"
-        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end" class="tick">{_esc(label)}</text>')
-        before = min(s.get("bookedBefore") or 0, s["confirmedCovers"])
-        if before:
-            parts.append(
-                f'<rect x="{label_w}" y="{y + 2}" width="{before * scale:.1f}" height="{row_h - 5}" fill="#adb5bd">'
-                f"<title>before the run: {before}</title></rect>"
-            )
-        run_w = (s["confirmedCovers"] - before) * scale
-        parts.append(
-            f'<rect x="{label_w + before * scale:.1f}" y="{y + 2}" width="{run_w:.1f}" height="{row_h - 5}" '
-            f'fill="{"#c92a2a" if over else "#2b8a3e"}"><title>{_esc(label)}: {s["confirmedCovers"]} covers '
-            f"confirmed, max {_esc(s['maxCovers'])}</title></rect>"
-        )
-        if s["maxCovers"] is not None:
-            x = label_w + s["maxCovers"] * scale
-            parts.append(
-                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y}" y2="{y + row_h - 1}" stroke="#212529" stroke-width="2"/>'
-            )
-        value = f"{s['confirmedCovers']}/{'∞' if s['maxCovers'] is None else s['maxCovers']}"
-        parts.append(
-            f'<text x="{label_w + max(s["confirmedCovers"], s["maxCovers"] or 0) * scale + 6:.1f}" y="{y + 12}" '
-            f'class="tick">{_esc(value)}</text>'
-        )
-    parts.append("</svg>")
-    legend = (
-        '<div class="legend"><span class="key"><i style="background:#adb5bd"></i>booked before the run</span>'
-        '<span class="key"><i style="background:#2b8a3e"></i>confirmed during the run</span>'
-        '<span class="key"><i style="background:#c92a2a"></i>over capacity</span>'
-        '<span class="key"><i style="background:#212529"></i>capacity in force</span></div>'
+def vusers_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+    return _time_chart(
+        "Virtual users (diners)",
+        [_epoch(p["period"]) for p in points],
+        [
+            {"label": "in flight (peak)", "values": [p.get("vusersInFlight") for p in points], "style": "area"},
+            {"label": "started", "values": [p.get("vusersCreated", 0) for p in points], "scale": "y2"},
+            {"label": "failed", "values": [p.get("vusersFailed", 0) for p in points], "scale": "y2"},
+        ],
+        yUnit=" diners",
+        y2Unit=" per period",
+        bands=bands,
     )
-    return f"<h3>{_esc(title)}</h3>{legend}" + "".join(parts)
+
+
+def _status_values(p: Mapping[str, Any]) -> dict[str, int]:
+    """A period's answers in the words of the checks table (created, replays, refusals)."""
+    codes = {int(c): n for c, n in (p.get("codes") or {}).items()}
+    capacity, closed = p.get("capacityExceeded", 0), p.get("slotClosed", 0)
+    return {
+        "201 created a booking": codes.get(201, 0) - p.get("replayed201", 0),
+        "201 replay of a duplicate": p.get("replayed201", 0),
+        "200 availability / reads": codes.get(200, 0),
+        "409 refused: capacity_exceeded": capacity,
+        "409 refused: slot_closed": closed,
+        "409 other (in progress)": codes.get(409, 0) - capacity - closed,
+        "429 rate limited": codes.get(429, 0),
+        "unexpected status": sum(n for c, n in codes.items() if c not in ALLOWED_STATUSES),
+    }
+
+
+_STATUS_COLORS = ("#2f9e44", "#8ce99a", "#74c0fc", "#e8590c", "#f59f00", "#ffa8a8", "#7048e8", "#c92a2a")
+
+
+def statuses_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+    per_period = [_status_values(p) for p in points]
+    labels = list(_status_values({}))
+    series = [
+        {"label": label, "values": [v[label] for v in per_period], "color": color}
+        for label, color in zip(labels, _STATUS_COLORS, strict=True)
+        if label == labels[0] or any(v[label] for v in per_period)
+    ]
+    return _time_chart(
+        "Answers by status (per 10 s period)", [_epoch(p["period"]) for p in points], series, yUnit="", bands=bands
+    )
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(value * 100, 2)
+
+
+def conflict_chart(report: Mapping[str, Any], bands: list[dict[str, Any]]) -> dict[str, Any]:
+    """capacity.figures' conflict rate per bucket of the run's events (requests that met a
+    conflict / booking requests), and the share refused for capacity beside it."""
+    buckets = report.get("eventsTimeline") or []
+    if buckets:
+        x = [_epoch(b["t"]) for b in buckets]
+        requests = [b.get("requests", sum(b.get(e, 0) for e in OUTCOME_EVENTS)) for b in buckets]
+        conflicts = [
+            _percent(figures.conflict_rate(b["conflicts"], n)) if "conflicts" in b else None
+            for b, n in zip(buckets, requests, strict=True)
+        ]
+        refused = [
+            _percent(figures.rate(b.get("booking.capacity_exceeded", 0), n))
+            for b, n in zip(buckets, requests, strict=True)
+        ]
+    else:  # no database access: refusals as Artillery saw them, conflicts unknown
+        points = report.get("timeline") or []
+        x = [_epoch(p["period"]) for p in points]
+        conflicts = [None for _ in points]
+        refused = [_percent(figures.rate(p["capacityExceeded"], p["bookingRequests"])) for p in points]
+    return _time_chart(
+        "Conflict rate and refusals",
+        x,
+        [
+            {"label": "conflict rate", "values": conflicts, "color": "#c92a2a"},
+            {"label": "refused: capacity_exceeded", "values": refused, "scale": "y2", "color": "#e8590c"},
+        ],
+        yUnit=" %",
+        y2Unit=" %",
+        bands=bands,
+    )
+
+
+def slots_chart(verification: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """The contended evening (the first hot slot's restaurant and date), slot by slot."""
+    hot = verification.get("hotSlots") or []
+    slots = verification["slots"]
+    if hot:
+        slots = [s for s in slots if (s["restaurantId"], s["date"]) == (hot[0]["restaurantId"], hot[0]["date"])]
+    slots = [s for s in slots if s["maxCovers"] is not None or s["confirmedCovers"]][:48]
+    where = f" — {restaurant_label(hot[0]['restaurantId'], names)} {hot[0]['date']}" if hot else ""
+    return {
+        "heading": "Covers booked vs capacity, the contended evening" + where,
+        "kind": "category",
+        "x": list(range(len(slots))),
+        "xLabels": [s["time"] for s in slots],
+        "xLabelEvery": max(1, -(-len(slots) // 12)),  # a time label needs ~40 px
+        "series": [
+            {
+                "label": "confirmed covers",
+                "values": [s["confirmedCovers"] for s in slots],
+                "style": "bars",
+                "color": "#2f9e44",
+            },
+            {
+                "label": "booked before the run",
+                "values": [s.get("bookedBefore") for s in slots],
+                "style": "bars",
+                "color": "#adb5bd",
+            },
+            {"label": "capacity in force", "values": [s["maxCovers"] for s in slots], "color": "#212529"},
+        ],
+        "yUnit": " covers",
+    }
+
+
+def capacity_heatmap(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> dict[str, Any]:
+    """One row per restaurant and date, one cell per slot: the darker, the fuller; red = over."""
+    times = sorted({s["time"] for s in slots})
+    rows: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for s in slots:
+        rows.setdefault((s["restaurantId"], s["date"]), {})[s["time"]] = s
+    table = [
+        {
+            "label": f"{restaurant_label(rid, names)} {date}",
+            "cells": [_heat_cell(by_time.get(t), restaurant_label(rid, names)) for t in times],
+        }
+        for (rid, date), by_time in sorted(rows.items(), key=lambda kv: (restaurant_label(kv[0][0], names), kv[0][1]))
+    ]
+    return {"times": times, "rows": table, "points": len(slots)}
+
+
+def _heat_cell(slot: Mapping[str, Any] | None, restaurant: str) -> dict[str, Any] | None:
+    if slot is None:
+        return None
+    confirmed, max_covers = slot["confirmedCovers"], slot["maxCovers"]
+    limit = "unlimited" if max_covers is None else max_covers
+    return {
+        "text": confirmed or "",
+        "color": _fill_color(confirmed, max_covers),
+        "dark": max_covers is not None and (confirmed > max_covers or confirmed / max(max_covers, 1) > 0.6),
+        "title": f"{restaurant} {slot['date']} {slot['time']}: {confirmed} covers confirmed, max {limit}"
+        + (f", {slot['byRun']} by the run" if slot.get("byRun") else ""),
+    }
 
 
 def _fill_color(confirmed: int, max_covers: int | None) -> str:
@@ -682,177 +912,161 @@ def _fill_color(confirmed: int, max_covers: int | None) -> str:
         return "#d0ebff" if confirmed else "#f8f9fa"
     if confirmed > max_covers:
         return "#c92a2a"
-    if max_covers == 0:
-        return "#e9ecef"
+    if max_covers == 0 or not confirmed:
+        return "#f1f3f5" if max_covers == 0 else "#ffffff"
+    # pale to dark green as the slot fills; full is the darkest.
     ratio = confirmed / max_covers
-    # white -> green as the slot fills; full is the darkest green.
-    shade = int(235 - 160 * ratio)
-    return f"rgb({shade // 2},{max(shade, 110)},{shade // 2 + 20})" if ratio > 0 else "#f8f9fa"
+    return f"hsl(135, 55%, {int(92 - 62 * ratio)}%)"
 
 
-def capacity_heatmap(title: str, slots: Sequence[Mapping[str, Any]]) -> str:
-    """One row per restaurant and date, one cell per slot: the darker, the fuller; red = over capacity."""
-    if not slots:
-        return f"<h3>{_esc(title)}</h3><p class='empty'>no slots</p>"
-    rows = sorted({(s["restaurantId"], s["date"]) for s in slots})
-    times = sorted({s["time"] for s in slots})
-    cell = {(s["restaurantId"], s["date"], s["time"]): s for s in slots}
-    label_w, cell_w, cell_h = 170, max(6, min(22, (_W - 170) // max(1, len(times)))), 14
-    width = label_w + cell_w * len(times) + 10
-    height = cell_h * len(rows) + 40
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">']
-    label_every = max(1, -(-40 // cell_w))  # a time label needs ~40 px
-    for j, t in enumerate(times):
-        if j % label_every == 0:
-            parts.append(f'<text x="{label_w + j * cell_w}" y="{height - 6}" class="tick">{_esc(t)}</text>')
-    for i, (rid, date) in enumerate(rows):
-        y = 4 + i * cell_h
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + 11}" text-anchor="end" class="tick">{_esc(rid[:8])} {_esc(date)}</text>'
-        )
-        for j, t in enumerate(times):
-            s = cell.get((rid, date, t))
-            if s is None:
-                continue
-            color = _fill_color(s["confirmedCovers"], s["maxCovers"])
-            parts.append(
-                f'<rect x="{label_w + j * cell_w}" y="{y}" width="{cell_w - 1}" height="{cell_h - 1}" fill="{color}">'
-                f"<title>{_esc(rid[:8])} {_esc(date)} {_esc(t)}: {s['confirmedCovers']} covers, max "
-                f"{'unlimited' if s['maxCovers'] is None else s['maxCovers']}</title></rect>"
-            )
-    parts.append("</svg>")
-    legend = (
-        '<div class="legend"><span class="key"><i style="background:#f8f9fa;border:1px solid #ced4da"></i>empty</span>'
-        '<span class="key"><i style="background:rgb(37,75,57)"></i>full</span>'
-        '<span class="key"><i style="background:#d0ebff"></i>unlimited, booked</span>'
-        '<span class="key"><i style="background:#c92a2a"></i>over capacity</span></div>'
-    )
-    return f"<h3>{_esc(title)}</h3>{legend}" + "".join(parts)
-
-
-def _clock(iso: str) -> str:
-    return iso[11:19] if len(iso) >= 19 else iso
-
-
-def render_html(report: Mapping[str, Any]) -> str:
+def answers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Replays and refusals reconciled, in the words of the checks table."""
     aggregate = report["artillery"]["aggregate"] or {}
     verification = report["verification"]
-    points = report.get("timeline") or []
-    labels = [_clock(p["period"]) for p in points]
-    latency = line_chart(
-        "Latency over time (10 s periods, labelled by their start)",
-        labels,
-        {p: [pt["latencyMs"].get(p) for pt in points] for p in ("p50", "p95", "p99")},
-        " ms",
-    )
-
-    def code_series(pt: Mapping[str, Any], code: str) -> float:
-        return float(pt["codes"].get(code, 0))
-
-    by_code = stacked_bars(
-        "Responses by status over time (10 s periods)",
-        labels,
-        {
-            "200": [code_series(pt, "200") for pt in points],
-            "201": [code_series(pt, "201") for pt in points],
-            "409": [code_series(pt, "409") for pt in points],
-            "429": [code_series(pt, "429") for pt in points],
-            "other": [float(sum(n for c, n in pt["codes"].items() if int(c) not in ALLOWED_STATUSES)) for pt in points],
-        },
-    )
-    refused_rate = [
-        (pt["capacityExceeded"] / pt["bookingRequests"] * 100) if pt["bookingRequests"] else None for pt in points
-    ]
-    conflict_series: dict[str, Sequence[float | None]] = {"refused": refused_rate}
-    event_points = report.get("eventsTimeline") or []
-    conflict_note = "refused = 409 capacity_exceeded / booking requests (Artillery)."
-    if event_points:
-        conflict_labels = [_clock(e["t"]) for e in event_points]
-        outcomes = [
-            sum(e.get(t, 0) for t in ("booking.success", "booking.capacity_exceeded", "booking.retry_exhausted"))
-            for e in event_points
-        ]
-        conflicts = [e.get("booking.overbook_prevented", 0) + e.get("booking.conflict", 0) for e in event_points]
-        refused_events = [e.get("booking.capacity_exceeded", 0) for e in event_points]
-        # Two charts: lost races are rare, and would vanish on the refusals' scale.
-        conflict_chart = line_chart(
-            "Conflict rate over time (events of the run, 5 s buckets)",
-            conflict_labels,
-            {"conflict": [c / o * 100 if o else None for c, o in zip(conflicts, outcomes, strict=True)]},
-            " %",
-        ) + line_chart(
-            "Refused share over time (events of the run, 5 s buckets)",
-            conflict_labels,
-            {"refused": [r / o * 100 if o else None for r, o in zip(refused_events, outcomes, strict=True)]},
-            " %",
-        )
-        conflict_note = (
-            "refused = booking.capacity_exceeded / outcome events; conflict (the alerting rate) = "
-            "(booking.overbook_prevented + booking.conflict) / outcome events, per bucket."
-        )
-    else:
-        conflict_chart = line_chart("Conflict rate over time (Artillery)", labels, conflict_series, " %")
-    hot = verification.get("hotSlots") or []
-    focus = [
-        s
-        for s in verification["slots"]
-        if hot and s["restaurantId"] == hot[0]["restaurantId"] and s["date"] == hot[0]["date"]
-    ]
-    capacity = capacity_heatmap("Covers booked vs capacity, every slot", verification["slots"]) + capacity_chart(
-        "Covers booked vs capacity per slot, the contended evening"
-        + (f" ({hot[0]['restaurantId'][:8]} {hot[0]['date']})" if hot else ""),
-        focus or verification["slots"][:40],
-    )
     codes = status_counts(aggregate)
-    totals_rows = "".join(f"<tr><td>{code}</td><td>{n}</td></tr>" for code, n in codes.items())
-    replayed_201 = counter(aggregate, "bookings.replayed_201")
-    checks_rows = "".join(
-        f"<tr class='{'ok' if c['passed'] else 'fail'}'><td>{'ok' if c['passed'] else 'FAIL'}</td>"
-        f"<td>{_esc(c['name'])}</td><td>{_esc(c['detail'])}</td></tr>"
-        for c in verification["checks"]
-    )
-    events_rows = "".join(f"<tr><td>{_esc(k)}</td><td>{v}</td></tr>" for k, v in report["events"].items())
-    if not events_rows:
-        events_rows = "<tr><td colspan=2>not available without database access</td></tr>"
-    verdict_color = "#2b8a3e" if report["passed"] else "#c92a2a"
-    latency_total = (aggregate.get("summaries") or {}).get("http.response_time") or {}
-    verdict = "PASSED" if report["passed"] else "FAILED"
+    capacity = counter(aggregate, "bookings.refused.capacity_exceeded")
+    closed = counter(aggregate, "bookings.refused.slot_closed")
+    stored = verification.get("bookingsStored")
+    rate = verification.get("conflictRate")
+    return [
+        {
+            "what": "booking requests",
+            "n": sum(v for k, v in (aggregate.get("counters") or {}).items() if k.startswith("load.requests.")),
+            "words": "POST /bookings sent by the diners (deliberate duplicates included)",
+        },
+        {
+            "what": "201 answers",
+            "n": codes.get(201, 0),
+            "words": f"{responses_201(aggregate)} created a booking + {counter(aggregate, 'bookings.replayed_201')} "
+            "replays of a deliberate duplicate (same Idempotency-Key, same booking)",
+        },
+        {
+            "what": "bookings stored",
+            "n": "not checked" if stored is None else stored,
+            "words": "for the run; must equal the 201s that created a booking (check: 201 responses = bookings stored)",
+        },
+        {
+            "what": "409 answers",
+            "n": codes.get(409, 0),
+            "words": f"{capacity} refused: capacity_exceeded + {closed} refused: slot_closed + "
+            f"{codes.get(409, 0) - capacity - closed} other (idempotency_in_progress); "
+            f"{counter(aggregate, 'bookings.replayed_409')} of them replays of a refused request",
+        },
+        {
+            "what": "429 answers",
+            "n": codes.get(429, 0),
+            "words": "rate limited by the usage plan; the diner waited Retry-After",
+        },
+        {
+            "what": "refusals recorded",
+            "n": report["events"].get("booking.capacity_exceeded", "not checked"),
+            "words": "booking.capacity_exceeded events of the run (a replay records no event)",
+        },
+        {
+            "what": "conflict rate",
+            "n": "not counted" if rate is None else f"{rate * 100:.2f} %",
+            "words": f"{_dash(verification.get('conflictedRequests'))} requests that met a conflict / "
+            f"{_dash(verification.get('bookingRequests'))} booking requests (outcome events, capacity.figures)",
+        },
+    ]
+
+
+def endpoint_rows(aggregate: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Latency per endpoint (metrics-by-endpoint), or of all requests without the plugin."""
+    by_endpoint = endpoint_latency(aggregate) or {"all requests": _summary(aggregate, "http.response_time")}
     counters = aggregate.get("counters") or {}
-    custom_rows = "".join(
-        f"<tr><td>{_esc(k)}</td><td>{v}</td></tr>"
-        for k, v in sorted(counters.items())
-        if k.startswith(("bookings.", "load.", "vusers.", "errors.", "plugins.expect."))
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Load test {_esc(report["runId"])} — {verdict}</title>
-<style>
-body{{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:960px;color:#212529}}
-h1{{font-size:22px}} h1 .verdict{{padding:2px 10px;border-radius:4px;color:#fff;background:{verdict_color}}}
-h3{{margin:28px 0 4px}} svg{{width:100%;height:auto;background:#fff;border:1px solid #e9ecef}}
-.tick{{font-size:11px;fill:#495057}} .legend{{margin:4px 0}} .key{{margin-right:14px;font-size:12px}}
-.key i{{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}}
-table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #dee2e6;padding:3px 8px;text-align:left}}
-tr.fail td{{background:#ffe3e3}} tr.ok td:first-child{{color:#2b8a3e}} .empty{{color:#868e96}}
-.grid{{display:grid;grid-template-columns:1fr 1fr;gap:16px}} .note{{color:#495057;font-size:12px}}
-</style></head><body>
-<h1>Load test <code>{_esc(report["runId"])}</code> <span class="verdict">{verdict}</span></h1>
-<p>Target <code>{_esc(report["target"]["baseUrl"])}</code>, dates {_esc(_dates(report["target"]))},
-restaurants {", ".join(f"<code>{_esc(r)}</code>" for r in report["target"]["restaurantIds"])}<br>
-{_esc(report["startedAt"])} → {_esc(report["finishedAt"])}, scenario <code>{_esc(report.get("scenario", ""))}</code>,
-verification by {_esc(verification["mode"])}</p>
-{"".join(f"<p class='fail'><b>FAIL</b> {_esc(f)}</p>" for f in report["failures"])}
-<h3>Checks</h3><table><tr><th></th><th>check</th><th>detail</th></tr>{checks_rows}</table>
-<div class="grid"><div><h3>Responses</h3><table><tr><th>status</th><th>count</th></tr>{totals_rows}</table>
-<p class="note">{replayed_201} of the 201s were replays of deliberate duplicates (same Idempotency-Key).
-Latency p50 {_fmt_ms(latency_total.get("p50"))}, p95 {_fmt_ms(latency_total.get("p95"))},
-p99 {_fmt_ms(latency_total.get("p99"))}.</p></div>
-<div><h3>Events of the run</h3><table><tr><th>type</th><th>count</th></tr>{events_rows}</table></div></div>
-{latency}
-{by_code}
-{conflict_chart}<p class="note">{_esc(conflict_note)}</p>
-{capacity}
-<h3>Counters</h3><table><tr><th>counter</th><th>value</th></tr>{custom_rows}</table>
-<p class="note">Artillery's full aggregate is in the JSON report beside this page.</p>
-</body></html>
-"""
+    rows = []
+    for name, s in by_endpoint.items():
+        prefix = f"plugins.metrics-by-endpoint.{name}.codes."
+        codes = {k.removeprefix(prefix): v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+        rows.append({"name": name, "summary": s, "codes": ", ".join(f"{c} x{n}" for c, n in codes.items())})
+    return rows
+
+
+def key_figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of a run that the trend compares."""
+    aggregate = report["artillery"].get("aggregate") or {}
+    verification = report.get("verification") or {}
+    latency = _summary(aggregate, "http.response_time")
+    booking_requests = sum(v for k, v in (aggregate.get("counters") or {}).items() if k.startswith("load.requests."))
+    unexpected = sum(n for c, n in status_counts(aggregate).items() if c not in ALLOWED_STATUSES)
+    # A failed expectation is an answer already counted by its status.
+    unexpected += sum(n for e, n in transport_errors(aggregate).items() if not e.startswith("Failed expectations"))
+    return {
+        "runId": report["runId"],
+        "startedAt": report["startedAt"],
+        "scenario": report.get("scenario", ""),
+        "passed": bool(report.get("passed")),
+        "requests": counter(aggregate, "http.requests"),
+        "requestRate": (aggregate.get("rates") or {}).get("http.request_rate"),
+        "p95": latency.get("p95"),
+        "p99": latency.get("p99"),
+        "created": verification.get("responses201"),
+        "refused": _percent(figures.rate(counter(aggregate, "bookings.refused.capacity_exceeded"), booking_requests)),
+        "conflictRate": _percent(verification.get("conflictRate")),
+        "unexpected": unexpected,
+    }
+
+
+def trend_rows(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier runs' key figures, oldest first, then this run's; ``worse`` names the figures
+    of this run that are worse than the median of the earlier runs by more than a fifth."""
+    rows = [{**key_figures(r), "current": False, "worse": []} for r in earlier]
+    current = {**key_figures(report), "current": True, "worse": []}
+    if rows:
+        current["worse"] = [name for name, _ in _regressed(current, rows)]
+    return [*rows, current]
+
+
+# figure -> is a higher value worse?
+_TREND_FIGURES = {"p95": True, "p99": True, "requestRate": False, "conflictRate": True, "unexpected": True}
+
+
+def _regressed(current: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
+    found = []
+    for name, higher_is_worse in _TREND_FIGURES.items():
+        values = sorted(float(r[name]) for r in earlier if r.get(name) is not None)
+        if current.get(name) is None or not values:
+            continue
+        median, value = values[len(values) // 2], float(current[name])
+        worse = value > median * 1.2 if higher_is_worse else value < median * 0.8
+        if worse and value != median and (higher_is_worse or median > 0):
+            found.append((name, median))
+    return found
+
+
+_FIGURE_WORDS = {
+    "p95": "p95 latency",
+    "p99": "p99 latency",
+    "requestRate": "requests per second",
+    "conflictRate": "conflict rate",
+    "unexpected": "unexpected answers",
+}
+
+
+def regressions(trend: Sequence[Mapping[str, Any]]) -> list[str]:
+    """This run against the median of the earlier runs, in words, for the trend card."""
+    current, earlier = trend[-1], trend[:-1]
+    return [
+        f"{_FIGURE_WORDS[name]} {current[name]:g} vs {median:g} (median of the {len(earlier)} earlier runs)"
+        for name, median in _regressed(current, earlier)
+    ]
+
+
+def trend_chart(trend: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    labels = [
+        f"{r['startedAt'][5:10]} {r['startedAt'][11:16]}" + (" (this run)" if r["current"] else "") for r in trend
+    ]
+    return {
+        "heading": f"The last {len(trend)} runs: latency and throughput",
+        "kind": "category",
+        "x": list(range(len(trend))),
+        "xLabels": labels,
+        "series": [
+            {"label": "requests/s", "values": [r["requestRate"] for r in trend], "style": "bars", "scale": "y2"},
+            {"label": "p95 latency", "values": [r["p95"] for r in trend], "color": "#e8590c"},
+            {"label": "p99 latency", "values": [r["p99"] for r in trend], "color": "#c92a2a"},
+        ],
+        "yUnit": " ms",
+        "y2Unit": " req/s",
+    }

@@ -385,11 +385,6 @@ def test_parse_ensure_checks_reads_only_the_checks_block() -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "expected"), [(0, 1.0), (7, 8.0), (22.9, 24.0), (203, 240.0), (1000, 1000.0)])
-def test_axis_top_is_round_and_not_below_the_value(value: float, expected: float) -> None:
-    assert reports._nice_max(value) == expected
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -415,41 +410,252 @@ def test_table_of_a_failed_run_says_what_failed(failing_output: dict[str, Any]) 
     assert "FAIL no slot over capacity" in table
 
 
-def test_html_is_self_contained_with_charts(tmp_path: Path, passing_output: dict[str, Any]) -> None:
+def test_table_uses_restaurant_names_and_says_where_the_charts_are(passing_output: dict[str, Any]) -> None:
     report = build(passing_output, verification())
-    report["eventsTimeline"] = [
-        {"t": "2026-11-25T09:12:10Z", "booking.success": 40, "booking.capacity_exceeded": 4},
-        {
-            "t": "2026-11-25T09:12:15Z",
-            "booking.success": 20,
-            "booking.overbook_prevented": 1,
-            "booking.capacity_exceeded": 10,
-        },
-    ]
+    report["target"]["restaurantNames"] = {RESTAURANT: "Trattoria Roma"}
 
-    json_path, html_path = reports.write_report(report, tmp_path / "out", "20261125T091207Z")
+    table = reports.render_table(report, html_path=Path("reports/load-tests/20261125T091207Z.html"))
 
-    assert json.loads(json_path.read_text()) == report
-    summary = (tmp_path / "out" / "20261125T091207Z.txt").read_text()
-    assert summary.startswith(reports.render_table(report).splitlines()[0])
-    assert "more slots in the HTML report" not in summary  # the file lists every slot
-    page = html_path.read_text()
-    assert page.count("<svg") >= 6  # latency, responses, conflict rate, refused share, heatmap, per-slot bars
-    assert "Latency over time" in page and "Conflict rate over time (events of the run" in page
-    assert "Covers booked vs capacity" in page
+    assert "restaurants Trattoria Roma" in table
+    assert re.search(r"Trattoria Roma 2026-12-26 19:15\s+40\s+0\s+40\s+40\s+full", table)
+    assert table.splitlines()[-1] == "  charts     reports/load-tests/20261125T091207Z.html"
+
+
+# --------------------------------------------------------------------------- the HTML page and its charts
+
+
+def fixture_report(**changes: Any) -> dict[str, Any]:
+    """The full run of tests/fixtures/artillery-full-unexpected-422.json with the verification,
+    faults and restaurant names of tests/fixtures/report-run.json."""
+    run = load_fixture("report-run.json")
+    output = load_fixture("artillery-full-unexpected-422.json")
+    values: dict[str, Any] = {
+        "run_id": run["runId"],
+        "started_at": dt.datetime.fromisoformat(run["startedAt"]),
+        "finished_at": dt.datetime.fromisoformat(run["finishedAt"]),
+        "base_url": run["baseUrl"],
+        "restaurant_ids": run["restaurantIds"],
+        "dates": run["dates"],
+        "scenario": run["scenario"],
+        "artillery_output": output,
+        "artillery_exit_code": run["exitCode"],
+        "ensure_checks": reports.parse_ensure_checks(run["ensureLines"]),
+        "verification": reports.Verification(**run["verification"]),
+        "hot_slots": run["hotSlots"],
+        "faults": run["faults"],
+        "restaurant_names": run["restaurantNames"],
+    }
+    values.update(changes)
+    return reports.build_report(**values)
+
+
+def earlier_report(days_before: int, latency_factor: float, passed: bool = True) -> dict[str, Any]:
+    """An earlier run of the same scenario: the same traffic, latencies scaled by ``latency_factor``."""
+    output = load_fixture("artillery-full-unexpected-422.json")
+    summary = output["aggregate"]["summaries"]["http.response_time"]
+    for q in ("p50", "p75", "p90", "p95", "p99", "p999", "max"):
+        summary[q] = round(summary[q] * latency_factor, 1)
+    started = dt.datetime(2026, 11, 25, 8, 56, 5, tzinfo=dt.UTC) - dt.timedelta(days=days_before)
+    return fixture_report(
+        run_id=f"lt-earlier-{days_before}",
+        started_at=started,
+        finished_at=started + dt.timedelta(seconds=95),
+        artillery_output=output,
+        artillery_exit_code=0 if passed else 1,
+    )
+
+
+def write_with_history(directory: Path) -> Path:
+    """Three earlier runs, a file that is not a report, then the fixture run: its HTML page."""
+    for days, factor in ((3, 0.5), (2, 0.6), (1, 0.55)):
+        reports.write_report(earlier_report(days, factor), directory, f"earlier-{days}")
+    (directory / "notes.json").write_text('{"not": "a report"}')
+    return reports.write_report(fixture_report(), directory, "20261125T085605Z")[1]
+
+
+@pytest.fixture
+def full() -> dict[str, Any]:
+    return fixture_report()
+
+
+def test_latency_chart_draws_each_endpoint_and_the_ensure_limit(full: dict[str, Any]) -> None:
+    spec = reports.html_context(full)["charts"]["latency"]
+
+    assert spec["kind"] == "time"
+    assert spec["x"][0] == 1795596970.0 and len(spec["x"]) == 8
+    series = {s["label"]: s["values"] for s in spec["series"]}
+    assert list(series) == ["availability p95", "booking p95", "booking (resend) p95", "all requests p99"]
+    assert series["booking p95"] == [7, 13.1, 16, 18, 16, 16, 18, 19.1]
+    assert series["booking (resend) p95"] == [None, None, None, None, 3, 7, 6, None]
+    assert series["all requests p99"][0] == 10.9
+    assert spec["thresholds"] == [{"label": "ensure p99 < 2500 ms", "value": 2500.0, "color": "#c92a2a"}]
+    assert spec["yLog"] is True
+
+
+def test_latency_falls_back_to_all_requests_without_the_endpoint_plugin(full: dict[str, Any]) -> None:
+    for point in full["timeline"]:
+        point.pop("endpointLatencyMs")
+
+    spec = reports.html_context(full)["charts"]["latency"]
+
+    assert [s["label"] for s in spec["series"]] == ["all requests p50", "all requests p95", "all requests p99"]
+
+
+def test_histogram_estimates_buckets_from_the_percentiles() -> None:
+    summary = {
+        "min": 2,
+        "p50": 4,
+        "p75": 7,
+        "p90": 12.1,
+        "p95": 13.9,
+        "p99": 19.1,
+        "p999": 22.9,
+        "max": 27,
+        "count": 270,
+    }
+
+    counts = reports.latency_histogram(summary, [0, 5, 10, 25, 50])
+
+    # F(5) = 0.5 + 0.25 * 1/3, F(10) = 0.75 + 0.15 * 3/5.1, F(25) = 0.999 + 0.001 * 2.1/4.1, F(50) = 1
+    assert counts == [158, 68, 44, 0]
+    assert sum(counts) == 270
+
+
+def test_histogram_draws_the_ensure_limit_between_its_buckets(full: dict[str, Any]) -> None:
+    spec = reports.html_context(full)["charts"]["latency-histogram"]
+
+    assert spec["xLabels"][0] == "<5ms"
+    assert spec["xLabels"][-2:] == ["<2.5s", "<5s"]
+    requests = spec["series"][0]["values"]
+    assert sum(requests) == 4720  # every request of the run, in one bucket or another
+    assert requests[-1] == 0
+    assert spec["series"][1]["values"][-1] == 100.0
+    assert spec["xThresholds"] == [{"label": "ensure p99 < 2.5 s", "value": 8.5}]
+
+
+def test_throughput_and_vusers_per_period(full: dict[str, Any]) -> None:
+    charts = reports.html_context(full)["charts"]
+
+    throughput = {s["label"]: s["values"] for s in charts["throughput"]["series"]}
+    assert throughput["all requests"] == [11, 24, 64, 74, 84, 108, 75, 53]  # Artillery's own rate
+    assert throughput["booking requests"][0] == round(46 * 11 / 57, 2)
+    assert throughput["bookings created"][:2] == [round(46 * 11 / 57, 2), round(189 * 24 / 234, 2)]
+    vusers = {s["label"]: s["values"] for s in charts["vusers"]["series"]}
+    assert vusers["in flight (peak)"] == [8, 23, 42, 71, 84, 80, 75, 75]
+    assert vusers["started"] == [11, 39, 97, 120, 119, 100, 100, 44]
+    assert vusers["failed"][3] == 33
+
+
+def test_statuses_split_created_replays_and_refusals(full: dict[str, Any]) -> None:
+    series = {s["label"]: s["values"] for s in reports.html_context(full)["charts"]["statuses"]["series"]}
+
+    assert series["201 created a booking"][:4] == [46, 189, 277, 68]
+    assert series["409 refused: capacity_exceeded"][3] == 474
+    assert series["409 refused: slot_closed"][3] == 47
+    assert series["unexpected status"][3:5] == [33, 2]
+    assert "429 rate limited" not in series  # none in this run: no empty line in the legend
+
+
+def test_conflict_rate_per_bucket_is_the_figures_definition(full: dict[str, Any]) -> None:
+    buckets = full["eventsTimeline"]
+
+    spec = reports.html_context(full)["charts"]["conflict-rate"]
+
+    conflict, refused = (s["values"] for s in spec["series"])
+    assert len(conflict) == len(buckets)
+    for value, bucket in zip(conflict, buckets, strict=True):
+        assert value == round(bucket["conflicts"] / bucket["requests"] * 100, 2)
+    assert refused[0] == round(buckets[0]["booking.capacity_exceeded"] / buckets[0]["requests"] * 100, 2)
+    assert full["verification"]["conflictRate"] == pytest.approx(29 / 680)
+
+
+def test_conflict_rate_is_not_made_up_from_events_without_the_count(full: dict[str, Any]) -> None:
+    for bucket in full["eventsTimeline"]:
+        del bucket["conflicts"]
+
+    spec = reports.html_context(full)["charts"]["conflict-rate"]
+
+    assert spec["series"][0]["values"] == [None] * len(full["eventsTimeline"])
+
+
+def test_faults_are_bands_on_every_time_chart(full: dict[str, Any]) -> None:
+    charts = reports.html_context(full)["charts"]
+
+    band = {"from": 1795597000.0, "to": 1795597006.5, "label": "db-crash"}
+    for name in ("latency", "throughput", "vusers", "statuses", "conflict-rate"):
+        assert charts[name]["bands"] == [band], name
+
+
+def test_heatmap_has_a_cell_per_slot_with_the_restaurant_name(full: dict[str, Any]) -> None:
+    heatmap = reports.html_context(full)["heatmap"]
+
+    slots = full["verification"]["slots"]
+    assert heatmap["points"] == len(slots)
+    labels = [row["label"] for row in heatmap["rows"]]
+    assert labels[:2] == ["Le Petit Bistro & Bar 2026-12-26", "Le Petit Bistro & Bar 2026-12-27"]
+    roma = heatmap["rows"][2]
+    assert roma["label"] == "Trattoria Roma 2026-12-26"
+    hot = roma["cells"][heatmap["times"].index("19:15")]
+    assert hot["title"].startswith("Trattoria Roma 2026-12-26 19:15: 40 covers confirmed, max 40")
+    assert hot["color"] == "hsl(135, 55%, 30%)"  # full
+
+
+def test_trend_compares_the_last_runs_and_names_the_regression(tmp_path: Path) -> None:
+    directory = tmp_path / "load-tests"
+    html_path = write_with_history(directory)
+    report = json.loads(html_path.with_suffix(".json").read_text())
+
+    earlier = reports.earlier_reports(directory, report)
+    context = reports.html_context(report, earlier)
+
+    assert [r["runId"] for r in earlier] == ["lt-earlier-3", "lt-earlier-2", "lt-earlier-1"]
+    spec = context["charts"]["trend"]
+    p95 = next(s for s in spec["series"] if s["label"] == "p95 latency")["values"]
+    assert p95 == [8.0, 9.6, 8.8, 16]
+    assert spec["xLabels"][-1] == "11-25 08:56 (this run)"
+    assert context["trend"][-1]["worse"] == ["p95", "p99"]
+    assert context["regressions"][0] == "p95 latency 16 vs 8.8 (median of the 3 earlier runs)"
+
+
+def test_page_has_every_chart_checks_first_and_the_trend(tmp_path: Path) -> None:
+    page = write_with_history(tmp_path / "load-tests").read_text()
+
+    for name in reports.html_context(fixture_report())["charts"]:
+        assert f'data-chart="{name}"' in page
+    assert 'data-chart="capacity-heatmap" data-points="96"' in page
+    assert page.index("<h2>Checks</h2>") < page.index("data-chart=")
+    assert "lt-earlier-3" in page and "p95 latency 16 vs 8.8" in page
     # No scripts, stylesheets or images from anywhere: the page must open offline.
-    assert not re.search(r"<script|<link|<img|src=|href=|@import|url\(", page, re.IGNORECASE)
-    assert "PASSED" in page
+    assert not re.search(r"<script[^>]+src=|<link|<img|@import|url\(", page, re.IGNORECASE)
+
+
+def test_a_report_written_before_these_charts_still_renders(full: dict[str, Any]) -> None:
+    # Reports of earlier versions lack faults, restaurant names, per-endpoint latency and rates.
+    for key in ("faults", "eventsTimeline"):
+        del full[key]
+    del full["target"]["restaurantNames"]
+    for key in ("acknowledgedLost", "cancellationsLost", "historyChecks", "conflictRate", "conflictedRequests"):
+        del full["verification"][key]
+    for point in full["timeline"]:
+        for key in ("endpointLatencyMs", "requestRate", "replayed201", "slotClosed", "vusersCreated"):
+            del point[key]
+
+    page = reports.render_html(full, earlier=[fixture_report()])
+
+    assert "None: this run injected no faults." in page
+    assert "6f1c2a4e 2026-12-26" in page  # the id's first characters stand in for the name
 
 
 def test_html_escapes_what_it_shows(passing_output: dict[str, Any]) -> None:
     report = build(passing_output, verification())
     report["runId"] = "<script>alert(1)</script>"
+    report["target"]["restaurantNames"] = {RESTAURANT: "Bistro <b>&</b>"}
 
     page = reports.render_html(report)
 
-    assert "<script>" not in page
+    assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Bistro &lt;b&gt;&amp;&lt;/b&gt;" in page
 
 
 def test_html_of_a_failed_run_lists_the_failures(failing_output: dict[str, Any]) -> None:

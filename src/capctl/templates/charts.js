@@ -5,7 +5,11 @@
  *   {title, kind: "time" | "category", x: [epoch seconds | index], xLabels: [..] (category),
  *    series: [{label, values: [number|null], color, style: "line" | "bars" | "area", scale: "y" | "y2"}],
  *    yUnit, y2Unit, yMin, yMax, thresholds: [{label, value, color, scale}],
- *    bands: [{from, to, label}] (x values: shaded spans such as injected faults)}
+ *    bands: [{from, to, label}] (x values: shaded spans such as injected faults),
+ *    optional: yLog (true: logarithmic y, values <= 0 not drawn; for latencies far below a limit),
+ *    xLabelEvery: n (category: label every n-th category only; the tooltip still names each),
+ *    xThresholds: [{label, value, color}] (vertical lines at an x value, e.g. a latency limit
+ *    on a histogram whose x is the bucket index: value 3.5 = between buckets 3 and 4)}
  * Drawn charts get data-points="N" (the non-null points plotted) so a test can tell that a chart
  * has data; the uPlot instances are kept in window.capctlCharts.instances by name.
  * Drag to zoom on x, double-click to reset; hovering shows the values under the cursor.
@@ -90,9 +94,39 @@
             ctx.textAlign = "right";
             ctx.fillText(t.label, u.bbox.left + u.bbox.width - 4, y - 4 * devicePixelRatio);
           });
+          (spec.xThresholds || []).forEach(function (t) {
+            var x = u.valToPos(t.value, "x", true);
+            if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
+            ctx.strokeStyle = t.color || "#c92a2a";
+            ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+            ctx.lineWidth = devicePixelRatio;
+            ctx.beginPath();
+            ctx.moveTo(x, u.bbox.top);
+            ctx.lineTo(x, u.bbox.top + u.bbox.height);
+            ctx.stroke();
+            ctx.setLineDash([]);
+            ctx.fillStyle = t.color || "#c92a2a";
+            ctx.font = 11 * devicePixelRatio + "px sans-serif";
+            ctx.textAlign = "right";
+            ctx.fillText(t.label, x - 4 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+          });
           ctx.restore();
         }
       }
+    };
+  }
+
+  function logLabel(v) {
+    // 1, 2, 5, 10, 20, 50 …: every tick of a log axis labelled would be unreadable.
+    var m = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
+    return [1, 2, 5].some(function (k) { return Math.abs(m - k) < 1e-6; }) ? fmt(v, "") : "";
+  }
+
+  function logRange(spec, thresholdMax) {
+    return function (u, min, max) {
+      var lo = spec.yMin != null ? spec.yMin : Math.max(min == null ? 1 : min, 0.1);
+      var hi = spec.yMax != null ? spec.yMax : Math.max(max == null ? 10 : max, thresholdMax, lo * 10);
+      return uPlot.rangeLog(lo, hi, 10, true);
     };
   }
 
@@ -114,10 +148,13 @@
     }));
     var axes = [
       spec.kind === "category"
-        ? { values: function (u, splits) { return splits.map(function (i) { return (spec.xLabels || [])[i] || ""; }); } }
+        ? { values: function (u, splits) {
+            var every = spec.xLabelEvery || 1;
+            return splits.map(function (i) { return i % every === 0 ? (spec.xLabels || [])[i] || "" : ""; });
+          } }
         : {},
       { label: spec.yUnit ? spec.yUnit.trim() : "", size: 60,
-        values: function (u, splits) { return splits.map(function (v) { return fmt(v, ""); }); } }
+        values: function (u, splits) { return splits.map(function (v) { return spec.yLog ? logLabel(v) : fmt(v, ""); }); } }
     ];
     if (hasY2) axes.push({ scale: "y2", side: 1, grid: { show: false }, label: (spec.y2Unit || "").trim(), size: 60 });
     var yRange = function (u, min, max) {
@@ -125,7 +162,8 @@
       var hi = spec.yMax != null ? spec.yMax : Math.max(max == null ? 1 : max * 1.1, thresholdMax, lo + 1);
       return [lo, hi];
     };
-    var scales = { x: { time: spec.kind !== "category" }, y: { range: yRange } };
+    var scales = { x: { time: spec.kind !== "category" },
+                   y: spec.yLog ? { distr: 3, log: 10, range: logRange(spec, thresholdMax) } : { range: yRange } };
     if (spec.kind === "category") {
       scales.x.range = function (u, min, max) { return [min - 0.5, max + 0.5]; };
       axes[0].splits = function () { return spec.x; };
@@ -153,7 +191,11 @@
       var spec = specs[el.getAttribute("data-chart")];
       if (!spec || !spec.series) return; // an HTML chart (table, heatmap) draws itself
       var width = Math.max(el.clientWidth || 0, 320);
-      var data = [spec.x].concat(spec.series.map(function (s) { return s.values; }));
+      var data = [spec.x].concat(spec.series.map(function (s) {
+        // A log scale has no place for 0: such a point is left out rather than drawn at -infinity.
+        return spec.yLog && (s.scale || "y") === "y"
+          ? s.values.map(function (v) { return v != null && v <= 0 ? null : v; }) : s.values;
+      }));
       el.textContent = "";
       instances[el.getAttribute("data-chart")] = new uPlot(options(spec, width), data, el);
       el.setAttribute("data-points", String(countPoints(spec)));

@@ -91,28 +91,46 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-_THRESHOLD = re.compile(r"^(?P<metric>[\w.\- ]+?)\s*(?P<op><=|<)\s*(?P<value>\d+(?:\.\d+)?)$")
+_THRESHOLD = re.compile(r"^(?P<metric>.+?)\s*(?P<op><=|<)\s*(?P<value>\d+(?:\.\d+)?)$")
+_PERCENTILE = re.compile(r"^(?:p\d+|median|max|mean)$")
 
 
 def latency_thresholds(ensure: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The latency limits among the ensure checks (``http.response_time.p99 < 2500``, the
-    scenario's ``config.ensure.thresholds`` as Artillery prints them) as
-    ``{metric, percentile, valueMs, passed}``; other checks (``maxErrorRate``) are not latencies."""
+    """The latency limits among the ensure checks, as Artillery prints the scenario's
+    ``config.ensure`` (``http.response_time.p99 < 2500``; a per-endpoint
+    ``plugins.metrics-by-endpoint.response_time.<name>.p95 < 800``; the legacy ``p99 < 2500``)
+    as ``{metric, scope, percentile, valueMs, passed}``; other checks (``maxErrorRate``) are not
+    latencies."""
     limits = []
     for check in ensure:
-        m = _THRESHOLD.match(str(check.get("check", "")))
-        if not m or not m["metric"].startswith("http.response_time."):
+        m = _THRESHOLD.match(str(check.get("check", "")).strip())
+        if not m:
             continue
-        percentile = m["metric"].rsplit(".", 1)[1]
+        metric = m["metric"]
+        if _PERCENTILE.match(metric):
+            metric = f"http.response_time.{metric}"
+        head, _, percentile = metric.rpartition(".")
+        if head == "http.response_time":
+            scope = "all requests"
+        elif head.startswith(_BY_ENDPOINT):
+            scope = head.removeprefix(_BY_ENDPOINT)
+        else:
+            continue
         limits.append(
             {
-                "metric": m["metric"],
+                "metric": metric,
+                "scope": scope,
                 "percentile": percentile,
                 "valueMs": float(m["value"]),
                 "passed": bool(check.get("passed")),
             }
         )
     return limits
+
+
+def limit_label(limit: Mapping[str, Any]) -> str:
+    scope = "" if limit["scope"] == "all requests" else f"{limit['scope']} "
+    return f"ensure {scope}{limit['percentile']} < {_ms_label(limit['valueMs'])}"
 
 
 # --------------------------------------------------------------------------- building
@@ -624,10 +642,7 @@ def _time_chart(title: str, points_x: list[float], series: list[dict[str, Any]],
 
 
 def _limit_lines(limits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"label": f"ensure {lim['percentile']} < {lim['valueMs']:g} ms", "value": lim["valueMs"], "color": "#c92a2a"}
-        for lim in limits
-    ]
+    return [{"label": limit_label(lim), "value": lim["valueMs"], "color": "#c92a2a"} for lim in limits]
 
 
 def latency_chart(
@@ -713,6 +728,7 @@ def _ms_label(ms: float, space: str = " ") -> str:
 
 
 def histogram_chart(summary: Mapping[str, Any], limits: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    limits = [lim for lim in limits if lim["scope"] == "all requests"]  # the histogram is of all requests
     limits_ms = [float(lim["valueMs"]) for lim in limits]
     edges = histogram_edges(summary.get("max"), limits_ms)
     counts = latency_histogram(summary, edges)
@@ -731,8 +747,7 @@ def histogram_chart(summary: Mapping[str, Any], limits: Sequence[Mapping[str, An
         "yUnit": "",
         "y2Unit": " %",
         "xThresholds": [
-            {"label": f"ensure {lim['percentile']} < {_ms_label(lim['valueMs'])}", "value": edges.index(v) - 0.5}
-            for lim, v in zip(limits, limits_ms, strict=True)
+            {"label": limit_label(lim), "value": edges.index(v) - 0.5} for lim, v in zip(limits, limits_ms, strict=True)
         ],
     }
 

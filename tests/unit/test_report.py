@@ -347,13 +347,41 @@ def test_conflict_rate_is_unknown_when_not_counted(passing_output: dict[str, Any
 def test_latency_thresholds_come_from_the_ensure_checks() -> None:
     ensure = [
         {"check": "http.response_time.p99 < 2500", "passed": True},
-        {"check": "http.response_time.p95 <= 800.5", "passed": False},
+        {"check": "plugins.metrics-by-endpoint.response_time.POST /bookings.p95 <= 800.5", "passed": False},
+        {"check": "p999 < 5000", "passed": True},
         {"check": "maxErrorRate < 0", "passed": True},
+        {"check": "vusers.session_length.p99 < 90000", "passed": True},
     ]
 
-    assert reports.latency_thresholds(ensure) == [
-        {"metric": "http.response_time.p99", "percentile": "p99", "valueMs": 2500.0, "passed": True},
-        {"metric": "http.response_time.p95", "percentile": "p95", "valueMs": 800.5, "passed": False},
+    limits = reports.latency_thresholds(ensure)
+
+    assert limits == [
+        {
+            "metric": "http.response_time.p99",
+            "scope": "all requests",
+            "percentile": "p99",
+            "valueMs": 2500.0,
+            "passed": True,
+        },
+        {
+            "metric": "plugins.metrics-by-endpoint.response_time.POST /bookings.p95",
+            "scope": "POST /bookings",
+            "percentile": "p95",
+            "valueMs": 800.5,
+            "passed": False,
+        },
+        {
+            "metric": "http.response_time.p999",
+            "scope": "all requests",
+            "percentile": "p999",
+            "valueMs": 5000.0,
+            "passed": True,
+        },
+    ]
+    assert [reports.limit_label(lim) for lim in limits] == [
+        "ensure p99 < 2.5 s",
+        "ensure POST /bookings p95 < 800.5 ms",
+        "ensure p999 < 5 s",
     ]
 
 
@@ -488,7 +516,7 @@ def test_latency_chart_draws_each_endpoint_and_the_ensure_limit(full: dict[str, 
     assert series["booking p95"] == [7, 13.1, 16, 18, 16, 16, 18, 19.1]
     assert series["booking (resend) p95"] == [None, None, None, None, 3, 7, 6, None]
     assert series["all requests p99"][0] == 10.9
-    assert spec["thresholds"] == [{"label": "ensure p99 < 2500 ms", "value": 2500.0, "color": "#c92a2a"}]
+    assert spec["thresholds"] == [{"label": "ensure p99 < 2.5 s", "value": 2500.0, "color": "#c92a2a"}]
     assert spec["yLog"] is True
 
 

@@ -9,17 +9,67 @@ are really delivered.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from capacity.alerts import AlertChecker, AlertRunSummary
+from capacity.db import DictConnection
 from capacity.notifiers import notifiers_from_settings
-from capacity.rollup import RollupSummary, run_rollup
+from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, RollupSummary, run_rollup
 from capacity.settings import AlertSettings, RollupSettings, SettingsError
 from capctl import database
 from capctl.errors import UserError
 
 MAX_HOURS = 24 * 31
+
+# The figures of one hour over every restaurant, from either roll-up table (HourTotals' fields).
+_HOUR_TOTALS = """
+SELECT count(*)::int AS restaurants,
+       coalesce(sum(requests), 0)::int AS requests, coalesce(sum(successes), 0)::int AS successes,
+       coalesce(sum(conflicts), 0)::int AS conflicts, coalesce(sum(retry_exhausted), 0)::int AS retry_exhausted,
+       coalesce(sum(covers_booked), 0)::int AS covers_booked,
+       coalesce(sum(capacity_covers), 0)::int AS capacity_covers
+  FROM {table} WHERE hour = %(hour)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RollupReport:
+    """The roll-up's summary, and the hours a person asks about right after a run: the current,
+    partial hour as well as the last complete one, for live and for load-test traffic."""
+
+    summary: RollupSummary
+    current_hour: HourTotals
+    current_hour_synthetic: HourTotals
+    last_hour_synthetic: HourTotals
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.summary.as_json(),
+            "currentHour": self.current_hour.as_json(),
+            "currentHourSynthetic": self.current_hour_synthetic.as_json(),
+            "lastHourSynthetic": self.last_hour_synthetic.as_json(),
+        }
+
+
+def hour_totals(conn: DictConnection, table: str, hour: dt.datetime) -> HourTotals:
+    row = conn.execute(sql.SQL(_HOUR_TOTALS).format(table=sql.Identifier(table)), {"hour": hour}).fetchone()
+    assert row is not None
+    return HourTotals(hour=hour, **row)
+
+
+def rollup_report(conn: DictConnection, summary: RollupSummary) -> RollupReport:
+    current = summary.window_end - HOUR  # the window ends with the current hour
+    return RollupReport(
+        summary=summary,
+        current_hour=hour_totals(conn, LIVE_TABLE, current),
+        current_hour_synthetic=hour_totals(conn, SYNTHETIC_TABLE, current),
+        last_hour_synthetic=hour_totals(conn, SYNTHETIC_TABLE, summary.last_hour.hour),
+    )
 
 
 def _hours(value: str) -> int:
@@ -60,11 +110,11 @@ def _rollup(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     hours = args.hours or settings.rollup_hours
     with database.connection() as conn:
-        summary = run_rollup(conn, hours=hours)
+        report = rollup_report(conn, run_rollup(conn, hours=hours))
     if args.json:
-        print(json.dumps(summary.as_json(), indent=2))
+        print(json.dumps(report.as_json(), indent=2))
     else:
-        print(format_rollup(summary))
+        print(format_rollup(report))
     return 0
 
 
@@ -87,19 +137,34 @@ def _rate(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def format_rollup(summary: RollupSummary) -> str:
+def _hour_line(title: str, totals: HourTotals) -> str:
+    t = totals.as_json()
+    if not totals.requests and not totals.capacity_covers:
+        return f"  {title} {t['hour']}: no requests"
+    requests = f"{totals.requests} requests" if totals.requests else "no requests"
+    return (
+        f"  {title} {t['hour']}: {requests}, success {_rate(t['successRate'])}, "
+        f"conflicts {_rate(t['conflictRate'])}, utilization {_rate(t['utilization'])} "
+        f"({t['coversBooked']}/{t['capacityCovers']} covers)"
+    )
+
+
+def format_rollup(report: RollupReport) -> str:
+    summary = report.summary
     s = summary.as_json()
-    last = s["lastHour"]
     lines = [
         f"rolled up {s['windowStart']} .. {s['windowEnd']} ({summary.hours} whole hours + the current one)",
         f"  live:      {s['live']['rows']} rows, {s['live']['changed']} changed, {s['live']['removed']} removed",
         f"  synthetic: {s['synthetic']['rows']} rows, {s['synthetic']['changed']} changed, "
         f"{s['synthetic']['removed']} removed",
-        f"  last complete hour {last['hour']} (live): {last['requests']} requests, "
-        f"success {_rate(last['successRate'])}, conflicts {_rate(last['conflictRate'])}, "
-        f"utilization {_rate(last['utilization'])} ({last['coversBooked']}/{last['capacityCovers']} covers)",
-        f"  purged {s['purgedIdempotencyKeys']} expired idempotency keys",
+        _hour_line("current hour so far (live)", report.current_hour),
+        _hour_line("last complete hour (live)", summary.last_hour),
     ]
+    # Load-test traffic only when there is some: right after `capctl load` it is all there is.
+    if report.current_hour_synthetic.requests or report.last_hour_synthetic.requests:
+        lines.append(_hour_line("current hour so far (load tests)", report.current_hour_synthetic))
+        lines.append(_hour_line("last complete hour (load tests)", report.last_hour_synthetic))
+    lines.append(f"  purged {s['purgedIdempotencyKeys']} expired idempotency keys")
     if summary.skipped_restaurants:
         lines.append(f"  skipped (unknown time zone): {', '.join(summary.skipped_restaurants)}")
     return "\n".join(lines)

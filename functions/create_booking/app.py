@@ -29,7 +29,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
 from capacity.db import Database, error_fields
 from capacity.figures import request_conflicted
-from capacity.http import problem_response, problem_result, validation_problem
+from capacity.http import (
+    JSON_MEDIA_TYPE,
+    declared_media_type,
+    media_type_refusal,
+    problem_response,
+    problem_result,
+    validation_problem,
+    with_instance,
+)
 from capacity.idempotency import tenant_of, valid_key
 from capacity.models import (
     Availability,
@@ -39,7 +47,7 @@ from capacity.models import (
     IsoDate,
     Problem,
 )
-from capacity.outcomes import LOAD_TEST_SOURCE, EventType, MetricName, ProblemCode, ProblemError
+from capacity.outcomes import LOAD_TEST_SOURCE, PROBLEM_CONTENT_TYPE, EventType, MetricName, ProblemCode, ProblemError
 from capacity.settings import booking_settings
 
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
@@ -72,7 +80,9 @@ _REPLAYED: OpenAPIResponseHeader = {
 }
 
 
-def _problem_content(description: str, *, retry_after: bool = False, replayable: bool = False) -> OpenAPIResponse:
+def _problem_content(
+    description: str, *, retry_after: bool = False, replayable: bool = False, accept_post: bool = False
+) -> OpenAPIResponse:
     response: OpenAPIResponse = {
         "description": description,
         "content": {"application/problem+json": {"model": Problem}},
@@ -80,6 +90,8 @@ def _problem_content(description: str, *, retry_after: bool = False, replayable:
     headers = {"Retry-After": _RETRY_AFTER} if retry_after else {}
     if replayable:
         headers["Idempotent-Replayed"] = _REPLAYED
+    if accept_post:
+        headers["Accept-Post"] = {"description": "The media type a body must have", "schema": {"type": "string"}}
     if headers:
         response["headers"] = headers
     return response
@@ -112,6 +124,9 @@ _GATEWAY_RESPONSES = {
             replayable=True,
         ),
         413: _problem_content("Request body over 10,240 bytes"),
+        415: _problem_content(
+            "Body declared as another media type than application/json (with Accept-Post)", accept_post=True
+        ),
         422: _problem_content("Invalid field, time off the slot grid, or key reused with another body"),
         503: _problem_content("Database unavailable or transient failures outlasted every retry", retry_after=True),
         **_GATEWAY_RESPONSES,
@@ -154,8 +169,13 @@ def create_booking(
         raise
     _record(result, booking, (time.perf_counter() - started) * 1000)
     headers = dict(result.headers)
-    content_type = "application/json" if result.status < 400 else "application/problem+json"
-    return Response(status_code=result.status, content_type=content_type, body=json.dumps(result.body), headers=headers)
+    if result.status < 400:
+        body = json.dumps(result.body)
+        return Response(status_code=result.status, content_type="application/json", body=body, headers=headers)
+    # A refusal is the stored body (read back from jsonb, in its key order): the same members,
+    # replayed unchanged, in the order every problem has.
+    body = json.dumps(with_instance(result.body, None))
+    return Response(status_code=result.status, content_type=PROBLEM_CONTENT_TYPE, body=body, headers=headers)
 
 
 def _record(result: BookingResult, booking: BookingRequest, latency_ms: float) -> None:
@@ -259,6 +279,11 @@ def _environment(source: str) -> str:
     return f"{settings.environment}-load-test" if source == LOAD_TEST_SOURCE else settings.environment
 
 
+def _request_id() -> str | None:
+    """API Gateway's request id: the problem's ``instance``, the same id as in the access log."""
+    return app.current_event.request_context.request_id
+
+
 def _tenant() -> str:
     return tenant_of(app.current_event.request_context.raw_event)
 
@@ -278,41 +303,65 @@ def _invalid(field: str, message: str) -> ProblemError:
 
 @app.exception_handler(ProblemError)
 def _on_problem(exc: ProblemError) -> Response[Any]:
-    return problem_response(exc)
+    return problem_response(exc, _request_id())
 
 
 @app.exception_handler(RequestValidationError)
 def _on_validation(exc: RequestValidationError) -> Response[Any]:
-    return problem_response(validation_problem(exc.errors()))
+    return problem_response(validation_problem(exc.errors()), _request_id())
 
 
 @app.exception_handler(UnicodeDecodeError)
 def _on_undecodable_body(_: UnicodeDecodeError) -> Response[Any]:
-    return problem_response(ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body is not UTF-8 JSON."))
+    problem = ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body is not UTF-8 JSON.")
+    return problem_response(problem, _request_id())
 
 
 @app.exception_handler(RequestUnsupportedContentType)
 def _on_content_type(_: RequestUnsupportedContentType) -> Response[Any]:
-    return problem_response(ProblemError(ProblemCode.MALFORMED_REQUEST, "Content-Type must be application/json."))
+    # Not reached for POST /bookings (lambda_handler answers 415 first); kept for any other body.
+    problem = media_type_refusal({"Content-Type": "unsupported"})
+    assert problem is not None
+    return problem_response(problem, _request_id())
 
 
 @app.not_found
 def _on_not_found(_: NotFoundError) -> Response[Any]:
-    return problem_response(ProblemError(ProblemCode.NOT_FOUND, "No such resource."))
+    return problem_response(ProblemError(ProblemCode.NOT_FOUND, "No such resource."), _request_id())
 
 
 @app.exception_handler(Exception)
 def _on_error(exc: Exception) -> Response[Any]:
     # Type and SQLSTATE only: a database error's text can quote a row, guest data included.
     logger.error("unhandled error", extra=error_fields(exc))
-    return problem_response(ProblemError(ProblemCode.INTERNAL_ERROR, "An unexpected error occurred."))
+    problem = ProblemError(ProblemCode.INTERNAL_ERROR, "An unexpected error occurred.")
+    return problem_response(problem, _request_id())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request_id = (event.get("requestContext") or {}).get("requestId")
     # An oversized body is refused before anything parses it.
     if len((event.get("body") or "").encode()) > MAX_BODY_BYTES:
         too_large = ProblemError(ProblemCode.PAYLOAD_TOO_LARGE, f"The request body is over {MAX_BODY_BYTES} bytes.")
-        return problem_result(too_large)
+        return problem_result(too_large, request_id)
+    if event.get("httpMethod") == "POST":
+        refused = _accept_json_only(event)
+        if refused is not None:
+            return problem_result(refused, request_id)
     return app.resolve(event, context)
+
+
+def _accept_json_only(event: dict[str, Any]) -> ProblemError | None:
+    """415 unless the body is declared JSON (or not declared). Powertools itself would parse a
+    form or multipart body into fields, and compares the media type case-sensitively."""
+    headers = {**(event.get("multiValueHeaders") or {}), **(event.get("headers") or {})}
+    refused = media_type_refusal(headers)
+    if refused is None and declared_media_type(headers):
+        # Declared JSON in any case: hand Powertools the canonical spelling.
+        for name in ("headers", "multiValueHeaders"):
+            mapping = event.get(name) or {}
+            for key in [k for k in mapping if k.lower() == "content-type"]:
+                mapping[key] = [JSON_MEDIA_TYPE] if name == "multiValueHeaders" else JSON_MEDIA_TYPE
+    return refused

@@ -4,18 +4,22 @@ settings validated at cold start. No network, no database."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from capacity.db import Backoff, is_transient
-from capacity.http import problem_response, validation_problem
+from capacity.http import declared_media_type, media_type_refusal, problem_response, validation_problem, with_instance
 from capacity.idempotency import ANONYMOUS_TENANT, fingerprint, tenant_of, valid_key
 from capacity.models import BookingRequest
-from capacity.outcomes import PROBLEM_TITLES, ProblemCode, ProblemError, problem_body
+from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE, PROBLEM_TITLES, ProblemCode, ProblemError, problem_body
 from capacity.settings import AlertSettings, BookingSettings, SettingsError
 from tests.support import booking_body
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(**overrides: Any) -> BookingRequest:
@@ -100,6 +104,115 @@ class TestBookingRequest:
         assert "ada-secret-address" not in json.dumps(errs)
 
 
+# Words a caller cannot act on: a pattern, pydantic's phrasing, Python type names.
+LEAKS = re.compile(
+    r"pattern|\^|\$|Input should|String should|dictionary|instance of|UUID input|Value error|Field required"
+)
+
+
+class TestFieldMessages:
+    """Every field error is a sentence that completes "<field> ..."."""
+
+    @pytest.mark.parametrize(
+        ("overrides", "field", "message"),
+        [
+            ({"time": "7pm"}, "time", "must be a time as HH:MM, 00:00 to 23:59"),
+            ({"time": 1900}, "time", "must be a string"),
+            ({"date": "14/06/2030"}, "date", "must be a date as YYYY-MM-DD"),
+            ({"date": "2030-02-30"}, "date", "must be a real calendar date as YYYY-MM-DD"),
+            ({"partySize": 0}, "partySize", "must be at least 1"),
+            ({"partySize": 51}, "partySize", "must be at most 50"),
+            ({"partySize": "2"}, "partySize", "must be a whole number"),
+            ({"partySize": 2.5}, "partySize", "must be a whole number"),
+            ({"restaurantId": "trattoria"}, "restaurantId", "must be a UUID"),
+            ({"restaurantId": 5}, "restaurantId", "must be a UUID"),
+            ({"guest": "Ada"}, "guest", "must be a JSON object"),
+            ({"guest": {}}, "guest.name", "is required"),
+            ({"guest": {"name": "  "}}, "guest.name", "must not be empty"),
+            ({"guest": {"name": "x" * 201}}, "guest.name", "must be at most 200 characters"),
+            ({"guest": {"name": "Ada", "email": "nope"}}, "guest.email", "must be an email address"),
+            (
+                {"guest": {"name": "Ada", "phone": "call me"}},
+                "guest.phone",
+                "must be a phone number: 6-25 digits, spaces, brackets or dashes, optionally after a +",
+            ),
+            (
+                {"source": "Web!"},
+                "source",
+                "must be 1-32 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
+            ),
+            ({"notes": "x" * 1001}, "notes", "must be at most 1000 characters"),
+            ({"tableNumber": 4}, "tableNumber", "unknown field"),
+        ],
+    )
+    def test_exact_message(self, overrides, field, message):
+        assert errors_of(**overrides) == [{"field": field, "message": message}]
+
+    def test_a_missing_field_is_required(self):
+        body = booking_body()
+        del body["time"]
+        with pytest.raises(ValidationError) as info:
+            BookingRequest.model_validate(body)
+        assert validation_problem(info.value.errors()).body()["errors"] == [{"field": "time", "message": "is required"}]
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"time": "7pm", "date": "2030-13-01", "partySize": True, "source": "A B", "notes": 5},
+            {"guest": {"name": 5, "email": 5, "phone": "x", "vip": 1}, "restaurantId": None},
+            {"date": None, "time": None, "partySize": None, "guest": None, "source": None},
+        ],
+    )
+    def test_no_message_names_a_pattern_or_a_type(self, overrides):
+        for error in errors_of(**overrides):
+            assert not LEAKS.search(error["message"]), error
+
+    def test_an_unknown_error_kind_falls_back_to_a_plain_sentence(self):
+        problem = validation_problem([{"type": "frobnicated", "loc": ("body", "x"), "msg": "Input should be frob"}])
+        assert problem.body()["errors"] == [{"field": "x", "message": "is not valid"}]
+
+    def test_a_header_sent_twice_needs_exactly_one_key(self):
+        errs = [{"type": "string_type", "loc": ("header", "idempotency-key"), "msg": "Input should be a valid string"}]
+        problem = validation_problem(errs)
+        assert (problem.status, problem.body()["errors"]) == (
+            422,
+            [{"field": "Idempotency-Key", "message": "was sent more than once: exactly one key is required"}],
+        )
+
+
+class TestMediaTypes:
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"Content-Type": "application/json"},
+            {"content-type": "APPLICATION/JSON"},
+            {"Content-Type": "application/json; charset=utf-8"},
+            {"Content-Type": " Application/Json ;charset=UTF-8"},
+            {"Content-Type": ["text/plain", "application/json"]},  # multiValueHeaders: the last one
+        ],
+    )
+    def test_json_in_any_case_or_no_content_type_is_accepted(self, headers):
+        assert media_type_refusal(headers) is None
+
+    @pytest.mark.parametrize(
+        ("value", "declared"),
+        [
+            ("multipart/form-data; boundary=x", "multipart/form-data"),
+            ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),
+            ("text/plain", "text/plain"),
+            ("application/jsonx", "application/jsonx"),
+            ("application/problem+json", "application/problem+json"),
+        ],
+    )
+    def test_any_other_media_type_is_415_with_accept_post(self, value, declared):
+        assert declared_media_type({"Content-Type": value}) == declared
+        problem = media_type_refusal({"Content-Type": value})
+        assert problem is not None and problem.status == 415
+        assert problem.code is ProblemCode.UNSUPPORTED_MEDIA_TYPE
+        assert problem.headers == {"Accept-Post": "application/json"}
+
+
 class TestProblems:
     def test_malformed_json_is_400(self):
         err = [{"type": "json_invalid", "loc": ("body", 1), "msg": "JSON decode error"}]
@@ -109,17 +222,81 @@ class TestProblems:
         assert validation_problem([{"type": "missing", "loc": ("body",), "msg": "x"}]).status == 400
         assert validation_problem([{"type": "model_attributes_type", "loc": ("body",), "msg": "x"}]).status == 400
 
-    def test_problem_body_has_the_rfc9457_members_and_code(self):
+    def test_problem_body_has_the_rfc9457_members_and_code(self, monkeypatch):
+        monkeypatch.delenv("PROBLEM_TYPE_BASE", raising=False)
         body = problem_body(ProblemCode.CAPACITY_EXCEEDED, "full", requested=4, remainingCovers=None, other=None)
         assert body == {
-            "type": "/problems/capacity_exceeded",
-            "title": "Slot is full",
+            "type": DEFAULT_PROBLEM_TYPE_BASE + "capacity_exceeded",
+            "title": "Not enough covers left",
             "status": 409,
             "detail": "full",
             "code": "capacity_exceeded",
             "requested": 4,
             "remainingCovers": None,
         }
+
+    def test_problem_type_is_an_absolute_uri_under_the_configured_base(self, monkeypatch):
+        assert DEFAULT_PROBLEM_TYPE_BASE.startswith("https://") and DEFAULT_PROBLEM_TYPE_BASE.endswith("#")
+        monkeypatch.setenv("PROBLEM_TYPE_BASE", "https://docs.example.org/problems/")
+        assert problem_body(ProblemCode.SLOT_CLOSED, "x")["type"] == "https://docs.example.org/problems/slot_closed"
+
+    def test_every_code_is_a_section_of_the_problems_doc(self):
+        doc = (ROOT / "docs" / "problems.md").read_text()
+        headings = set(re.findall(r"^## `?([a-z_]+)`?$", doc, flags=re.MULTILINE))
+        assert headings == {code.value for code in ProblemCode}
+        # the default base is that document: its anchors are the codes
+        assert DEFAULT_PROBLEM_TYPE_BASE.endswith("docs/problems.md#")
+
+    def test_member_order_is_the_same_for_every_code(self):
+        extras = {"alternatives": [], "requested": 4, "errors": [], "remainingCovers": 2}
+        orders = {
+            tuple(problem_body(code, "d", instance="req-1", **dict(reversed(extras.items())))) for code in ProblemCode
+        }
+        assert orders == {
+            (
+                "type",
+                "title",
+                "status",
+                "detail",
+                "instance",
+                "code",
+                "errors",
+                "requested",
+                "remainingCovers",
+                "alternatives",
+            )
+        }
+
+    def test_with_instance_keeps_a_stored_body_and_orders_its_members(self):
+        stored = {
+            "code": "capacity_exceeded",
+            "alternatives": [],
+            "type": "/problems/capacity_exceeded",
+            "title": "Slot is full",
+            "status": 409,
+            "detail": "d",
+            "requested": 4,
+            "remainingCovers": 2,
+        }
+        body = with_instance(stored, "req-9")
+        assert list(body) == [
+            "type",
+            "title",
+            "status",
+            "detail",
+            "instance",
+            "code",
+            "requested",
+            "remainingCovers",
+            "alternatives",
+        ]
+        assert body["instance"] == "req-9" and body["type"] == "/problems/capacity_exceeded"
+        assert {k: v for k, v in body.items() if k != "instance"} == stored
+
+    def test_capacity_exceeded_says_what_is_true(self):
+        # 2 covers left for a party of 4: the slot is not full, there are not enough covers
+        assert PROBLEM_TITLES[ProblemCode.CAPACITY_EXCEEDED] == (409, "Not enough covers left")
+        assert PROBLEM_TITLES[ProblemCode.UNSUPPORTED_MEDIA_TYPE] == (415, "Unsupported media type")
 
     def test_problem_response_is_problem_json_with_headers(self):
         exc = ProblemError(ProblemCode.RATE_LIMITED, "slow down", headers={"Retry-After": "2"})
@@ -210,6 +387,14 @@ class TestSettings:
             AlertSettings.from_env({"CONFLICT_RATE_THRESHOLD": "5%"})
         with pytest.raises(SettingsError, match="ALERT_WEBHOOK_URL"):
             AlertSettings.from_env({"ALERT_WEBHOOK_URL": "hooks.example.com/x"})
+
+    def test_problem_type_base_is_an_absolute_url(self):
+        assert BookingSettings.from_env({}).problem_type_base == DEFAULT_PROBLEM_TYPE_BASE
+        base = "https://docs.example.org/capacity/problems#"
+        assert BookingSettings.from_env({"PROBLEM_TYPE_BASE": base}).problem_type_base == base
+        for bad in ("/problems/", "docs.example.org/problems#", "https://has space/"):
+            with pytest.raises(SettingsError, match=r"^invalid setting PROBLEM_TYPE_BASE: must be an absolute"):
+                BookingSettings.from_env({"PROBLEM_TYPE_BASE": bad})
 
     def test_secret_values_are_not_echoed(self):
         with pytest.raises(SettingsError) as info:

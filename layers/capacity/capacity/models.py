@@ -108,12 +108,14 @@ class FieldError(BaseModel):
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details, with the contract's machine-readable ``code``."""
+    """RFC 9457 problem details, with the contract's machine-readable ``code``; members in this
+    order for every code (docs/problems.md)."""
 
-    type: str
+    type: str = Field(description="Absolute URI of the code's section in docs/problems.md")
     title: str
     status: int
     detail: str
+    instance: str | None = Field(default=None, description="The request id (as in the access log)")
     code: str
     errors: list[FieldError] | None = None
     requested: int | None = None

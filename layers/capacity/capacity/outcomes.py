@@ -6,6 +6,7 @@ metric the code emits, so a metric is named here or nowhere.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -73,6 +74,7 @@ class ProblemCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     RETRY_EXHAUSTED = "retry_exhausted"
     SERVICE_UNAVAILABLE = "service_unavailable"
@@ -82,7 +84,8 @@ class ProblemCode(StrEnum):
 
 
 PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
-    ProblemCode.CAPACITY_EXCEEDED: (409, "Slot is full"),
+    # Said of the party, not the slot: a slot with 2 covers left is not full, yet takes no party of 4.
+    ProblemCode.CAPACITY_EXCEEDED: (409, "Not enough covers left"),
     ProblemCode.SLOT_CLOSED: (409, "Slot is closed"),
     ProblemCode.IDEMPOTENCY_IN_PROGRESS: (409, "A request with this Idempotency-Key is in progress"),
     ProblemCode.IDEMPOTENCY_KEY_REUSED: (422, "Idempotency-Key reused with a different request"),
@@ -99,6 +102,7 @@ PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
     ProblemCode.RATE_LIMITED: (429, "Too many requests"),
     ProblemCode.RETRY_EXHAUSTED: (503, "Temporarily unable to complete the booking"),
     ProblemCode.SERVICE_UNAVAILABLE: (503, "Service unavailable"),
+    ProblemCode.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type"),
     ProblemCode.INTERNAL_ERROR: (500, "Internal error"),
     ProblemCode.BAD_GATEWAY: (502, "Bad gateway"),
     ProblemCode.GATEWAY_TIMEOUT: (504, "Gateway timeout"),
@@ -107,17 +111,26 @@ PROBLEM_TITLES: dict[ProblemCode, tuple[int, str]] = {
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
-def problem_body(code: ProblemCode, detail: str, **extra: Any) -> dict[str, Any]:
+def problem_body(code: ProblemCode, detail: str, *, instance: str | None = None, **extra: Any) -> dict[str, Any]:
+    """RFC 9457 members first, then ``instance`` (the request id) and the contract's ``code``, then
+    the code's own extras: the same order for every code, whatever order the extras came in."""
     status, title = PROBLEM_TITLES[code]
-    body: dict[str, Any] = {
-        "type": f"/problems/{code.value}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code.value,
-    }
-    body.update({k: v for k, v in extra.items() if v is not None or k in _NULLABLE_EXTRAS})
+    # PROBLEM_TYPE_BASE is validated at cold start (capacity.settings); read here so that every
+    # producer of a problem (handler, booking service, local gateway) names the same documentation.
+    base = os.environ.get("PROBLEM_TYPE_BASE") or DEFAULT_PROBLEM_TYPE_BASE
+    body: dict[str, Any] = {"type": base + code.value, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    body["code"] = code.value
+    kept = {k: v for k, v in extra.items() if v is not None or k in _NULLABLE_EXTRAS}
+    for key in sorted(kept, key=lambda k: (_EXTRA_ORDER.get(k, len(_EXTRA_ORDER)), k)):
+        body[key] = kept[key]
     return body
+
+
+# Each code is a section of docs/problems.md; a deployment points this at its published copy.
+DEFAULT_PROBLEM_TYPE_BASE = "https://github.com/capacity-engine/capacity-engine/blob/main/docs/problems.md#"
+_EXTRA_ORDER = {name: n for n, name in enumerate(("errors", "requested", "remainingCovers", "alternatives"))}
 
 
 # remainingCovers null means "unlimited" in a capacity answer, so it is kept when None.

@@ -14,6 +14,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE
+
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 
 
@@ -36,7 +38,8 @@ class _Settings(BaseModel):
             first = exc.errors()[0]
             var = str(first["loc"][0]) if first["loc"] else cls.__name__
             # The value is not echoed: it may hold a password (DATABASE_URL, webhook URLs).
-            raise SettingsError(f"invalid setting {var}: {first['msg']}") from None
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise SettingsError(f"invalid setting {var}: {msg}") from None
 
 
 class DatabaseSettings(_Settings):
@@ -73,6 +76,16 @@ class BookingSettings(DatabaseSettings):
     request_budget_ms: int = Field(default=8000, ge=100, le=60000, alias="BOOKING_REQUEST_BUDGET_MS")
     idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30, alias="IDEMPOTENCY_TTL_HOURS")
     retry_after_s: int = Field(default=1, ge=1, le=120, alias="RETRY_AFTER_SECONDS")
+    # A problem's ``type`` is this base followed by its code: each code is a section of the
+    # published docs/problems.md (capacity.outcomes.problem_body reads the same variable).
+    problem_type_base: str = Field(default=DEFAULT_PROBLEM_TYPE_BASE, alias="PROBLEM_TYPE_BASE")
+
+    @field_validator("problem_type_base")
+    @classmethod
+    def _absolute_base(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an absolute http(s):// URL, to which each problem code is appended")
+        return value
 
 
 class AlertSettings(DatabaseSettings):
@@ -105,7 +118,6 @@ class AlertSettings(DatabaseSettings):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s):// URL")
         return value
-
 
     @field_validator("runbook_url")
     @classmethod

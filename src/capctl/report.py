@@ -461,8 +461,9 @@ def write_report(report: Mapping[str, Any], directory: Path, stem: str, *, trend
 
 
 def earlier_reports(directory: Path, report: Mapping[str, Any], *, limit: int = 10) -> list[dict[str, Any]]:
-    """The last ``limit`` load-test reports in ``directory`` that started before ``report``,
-    oldest first; files that are not reports (or not readable) are passed over."""
+    """The last ``limit`` load-test reports in ``directory`` of the same scenario as ``report``
+    that started before it, oldest first (a smoke run is no yardstick for a full run); files that
+    are not reports (or not readable) are passed over."""
     found = []
     for path in directory.glob("*.json"):
         try:
@@ -471,7 +472,11 @@ def earlier_reports(directory: Path, report: Mapping[str, Any], *, limit: int = 
             continue
         if not isinstance(other, dict) or not {"runId", "startedAt", "artillery", "verification"} <= other.keys():
             continue
-        if other["runId"] != report["runId"] and str(other["startedAt"]) < str(report["startedAt"]):
+        if (
+            other["runId"] != report["runId"]
+            and other.get("scenario") == report.get("scenario")
+            and str(other["startedAt"]) < str(report["startedAt"])
+        ):
             found.append(other)
     found.sort(key=lambda r: str(r["startedAt"]))
     return found[-limit:] if limit > 0 else []
@@ -1073,7 +1078,7 @@ def trend_chart(trend: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         f"{r['startedAt'][5:10]} {r['startedAt'][11:16]}" + (" (this run)" if r["current"] else "") for r in trend
     ]
     return {
-        "heading": f"The last {len(trend)} runs: latency and throughput",
+        "heading": f"the last {len(trend)} runs of {trend[-1]['scenario']}",
         "kind": "category",
         "x": list(range(len(trend))),
         "xLabels": labels,

@@ -494,10 +494,13 @@ def earlier_report(days_before: int, latency_factor: float, passed: bool = True)
 
 
 def write_with_history(directory: Path) -> Path:
-    """Three earlier runs, a file that is not a report, then the fixture run: its HTML page."""
+    """Three earlier runs, a file that is not a report, a run of another scenario, then the
+    fixture run: its HTML page."""
     for days, factor in ((3, 0.5), (2, 0.6), (1, 0.55)):
         reports.write_report(earlier_report(days, factor), directory, f"earlier-{days}")
     (directory / "notes.json").write_text('{"not": "a report"}')
+    smoke = earlier_report(1, 0.1) | {"runId": "lt-smoke", "scenario": "load/capacity-smoke.yml"}
+    reports.write_report(smoke, directory, "smoke")  # another scenario: not in the trend
     return reports.write_report(fixture_report(), directory, "20261125T085605Z")[1]
 
 
@@ -653,6 +656,7 @@ def test_page_has_every_chart_checks_first_and_the_trend(tmp_path: Path) -> None
     assert 'data-chart="capacity-heatmap" data-points="96"' in page
     assert page.index("<h2>Checks</h2>") < page.index("data-chart=")
     assert "lt-earlier-3" in page and "p95 latency 16 vs 8.8" in page
+    assert "lt-smoke" not in page
     # No scripts, stylesheets or images from anywhere: the page must open offline.
     assert not re.search(r"<script[^>]+src=|<link|<img|@import|url\(", page, re.IGNORECASE)
 

@@ -643,7 +643,8 @@ def fault_bands(faults: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _time_chart(title: str, points_x: list[float], series: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {"heading": title, "kind": "time", "x": points_x, "series": series, **spec}
+    # UTC, as every time of the report is written.
+    return {"heading": title, "kind": "time", "timeZone": "UTC", "x": points_x, "series": series, **spec}
 
 
 def _limit_lines(limits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

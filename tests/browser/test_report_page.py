@@ -53,6 +53,7 @@ def test_latency_tooltip_names_the_endpoints_under_the_cursor(open_page: Callabl
     tooltip.wait_for(state="visible")
     text = tooltip.inner_text()
     assert "booking p95:" in text and "all requests p99:" in text
+    assert text.splitlines()[0].endswith("UTC")  # the report's times are UTC, whatever the viewer's zone
     page.screenshot(path=str(result.screenshot.with_name("load-test-report-tooltip.png")), full_page=False)
 
 

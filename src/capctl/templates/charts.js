@@ -7,6 +7,7 @@
  *    yUnit, y2Unit, yMin, yMax, thresholds: [{label, value, color, scale}],
  *    bands: [{from, to, label}] (x values: shaded spans such as injected faults),
  *    optional: yLog (true: logarithmic y, values <= 0 not drawn; for latencies far below a limit),
+ *    timeZone: "UTC" (time: axis and tooltip in that zone instead of the viewer's),
  *    xLabelEvery: n (category: label every n-th category only; the tooltip still names each),
  *    xThresholds: [{label, value, color}] (vertical lines at an x value, e.g. a latency limit
  *    on a histogram whose x is the bucket index: value 3.5 = between buckets 3 and 4)}
@@ -39,7 +40,7 @@
         setCursor: function (u) {
           var i = u.cursor.idx;
           if (i == null) { tip.style.display = "none"; return; }
-          var head = spec.kind === "category" ? (spec.xLabels || [])[i] : new Date(u.data[0][i] * 1000).toLocaleTimeString();
+          var head = spec.kind === "category" ? (spec.xLabels || [])[i] : new Date(u.data[0][i] * 1000).toLocaleTimeString([], spec.timeZone ? { timeZone: spec.timeZone, timeZoneName: "short" } : {});
           var rows = [head];
           for (var s = 1; s < u.series.length; s++) {
             var ser = spec.series[s - 1];
@@ -169,11 +170,12 @@
       axes[0].splits = function () { return spec.x; };
     }
     if (hasY2) scales.y2 = { range: function (u, min, max) { return [0, Math.max(max == null ? 1 : max * 1.1, 1)]; } };
-    return {
+    var zoned = spec.timeZone ? { tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), spec.timeZone); } } : {};
+    return Object.assign(zoned, {
       title: spec.title, width: width, height: spec.height || 260, series: series, axes: axes, scales: scales,
       cursor: { drag: { x: true, y: false } }, legend: { live: true },
       plugins: [tooltipPlugin(spec), overlayPlugin(spec)]
-    };
+    });
   }
 
   function countPoints(spec) {

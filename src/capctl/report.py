@@ -516,7 +516,7 @@ def render_table(report: Mapping[str, Any], max_slots: int = 12, *, html_path: P
         for name, s in endpoint_latency(aggregate).items()
     ]
     for fault in report.get("faults") or []:
-        lines.append(f"  fault      {fault['kind']} {fault['startedAt']} -> {fault['endedAt']}{_recovered(fault)}")
+        lines.append(f"  fault      {_fault_words(fault)}")
     lines += _slot_lines(verification["slots"], names, max_slots)
     lines.append("")
     lines.append("  checks")
@@ -554,8 +554,12 @@ def _slot_lines(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str], ma
 
 
 def _recovered(fault: Mapping[str, Any]) -> str:
-    ms = fault.get("recoveredAfterMs")
-    return "" if ms is None else f", recovered after {float(ms) / 1000:.1f} s"
+    after = fault.get("recoveredAfterMs")
+    return "no booking answered after it" if after is None else f"bookings answered again {after} ms after"
+
+
+def _fault_words(fault: Mapping[str, Any]) -> str:
+    return f"{fault['kind']} {fault['startedAt']} .. {fault.get('endedAt') or 'never healed'}: {_recovered(fault)}"
 
 
 def _summary(metrics: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -593,7 +597,7 @@ def html_context(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]
     target = report["target"]
     names = target.get("restaurantNames") or {}
     points = report.get("timeline") or []
-    bands = fault_bands(report.get("faults") or [])
+    bands = fault_bands(report.get("faults") or [], until=report["finishedAt"])
     limits = latency_thresholds(report["artillery"].get("ensure") or [])
     trend = trend_rows(report, earlier)
     charts = {
@@ -613,7 +617,7 @@ def html_context(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]
         "answers": answers(report),
         "endpoints": endpoint_rows(aggregate),
         "limits": limits,
-        "faults": [{**f, "recovered": _recovered(f).removeprefix(", ")} for f in report.get("faults") or []],
+        "faults": [{**f, "recovered": _recovered(f)} for f in report.get("faults") or []],
         "heatmap": capacity_heatmap(report["verification"]["slots"], names),
         "trend": trend,
         "regressions": regressions(trend),
@@ -630,14 +634,15 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
 
 
-def fault_bands(faults: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each injected fault as a shaded span of the time charts, from its start to its end."""
+def fault_bands(faults: Sequence[Mapping[str, Any]], *, until: str) -> list[dict[str, Any]]:
+    """Each injected fault as a shaded span of the time charts, from its start to its end (to
+    ``until``, the end of the run, when it never healed)."""
     bands = []
     for fault in faults:
         if not fault.get("startedAt"):
             continue
         start = _epoch(fault["startedAt"])
-        end = _epoch(fault["endedAt"]) if fault.get("endedAt") else start
+        end = _epoch(fault.get("endedAt") or until)
         bands.append({"from": start, "to": max(end, start), "label": str(fault.get("kind") or "fault")})
     return bands
 

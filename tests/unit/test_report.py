@@ -617,6 +617,20 @@ def test_faults_are_bands_on_every_time_chart(full: dict[str, Any]) -> None:
         assert charts[name]["bands"] == [band], name
 
 
+def test_a_fault_that_never_healed_is_shaded_to_the_end_of_the_run(full: dict[str, Any]) -> None:
+    full["faults"][0].update(endedAt=None, recoveredAfterMs=None)
+
+    context = reports.html_context(full)
+
+    assert context["charts"]["latency"]["bands"] == [
+        {"from": 1795597000.0, "to": reports._epoch(full["finishedAt"]), "label": "db-crash"}
+    ]
+    assert context["faults"][0]["recovered"] == "no booking answered after it"
+    assert "  fault      db-crash 2026-11-25T08:56:40.000Z .. never healed: no booking answered after it" in (
+        reports.render_table(full).splitlines()
+    )
+
+
 def test_heatmap_has_a_cell_per_slot_with_the_restaurant_name(full: dict[str, Any]) -> None:
     heatmap = reports.html_context(full)["heatmap"]
 

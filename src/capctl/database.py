@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,7 +120,40 @@ def connect(url: str | None = None, *, autocommit: bool = True) -> DictConnectio
         )
     except psycopg.Error as exc:  # unreachable server, or a DATABASE_URL libpq cannot parse
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot connect to the database: {first}") from None
+        raise UserError(f"cannot connect to the database: {redact(first, target)}") from None
+
+
+_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/?#@\s\"']*:)[^\s\"']*@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with any database password in it replaced by ***: a URL's user:password@, a
+    password=... keyword, and every piece of the password of ``url`` (default DATABASE_URL):
+    libpq quotes parts of a malformed URL, e.g. the tail of a password holding an @ as the host."""
+    url = url if url is not None else os.environ.get("DATABASE_URL")
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _URI_PASSWORD.sub(r"\1***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
+
+
+def _passwords(url: str | None) -> set[str]:
+    if not url:
+        return set()
+    found: set[str] = set()
+    userinfo = re.match(r"^postgres(?:ql)?://([^/?#]*)@", url, re.IGNORECASE)  # up to the last @
+    if userinfo and ":" in userinfo.group(1):
+        found.add(userinfo.group(1).split(":", 1)[1])
+    for match in _KEYWORD_PASSWORD.finditer(url):
+        found.add(match.group(2).strip("'"))
+    with contextlib.suppress(psycopg.Error):
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+        if password:
+            found.add(str(password))
+    # the pieces a parser may have split off (at @ or :) and quoted on their own
+    pieces = {p for secret in found for p in re.split(r"[@:]", secret) if len(p) >= 3}
+    return {s for s in found | pieces if s}
 
 
 @contextlib.contextmanager

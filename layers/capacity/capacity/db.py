@@ -8,6 +8,7 @@ an explicit ``conn.transaction()``.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,14 +44,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None
 
 
-def resolve_database_url(settings: DatabaseSettings) -> str:
+# How long a URL built from the secret is trusted before a reconnect reads the secret again
+# (docs/capacity/deploy.md: rotation reaches a running instance within this time).
+SECRET_MAX_AGE_S = 300
+
+# SQLSTATEs of a refused login (28P01 invalid_password, 28000 invalid_authorization_specification).
+_AUTH_FAILED = frozenset({"28P01", "28000"})
+
+
+def resolve_database_url(settings: DatabaseSettings, *, force: bool = False) -> str:
+    """DATABASE_URL, or a connection string built from the DATABASE_SECRET_ARN secret (cached
+    for SECRET_MAX_AGE_S; ``force`` reads it from Secrets Manager whatever the cache holds)."""
     if settings.database_url:
         return settings.database_url
     if settings.database_secret_arn:
         # Imported here: boto3 stays off the cold start of functions that are given a URL.
         from aws_lambda_powertools.utilities import parameters
 
-        secret = parameters.get_secret(settings.database_secret_arn, transform="json", max_age=300)
+        secret = parameters.get_secret(
+            settings.database_secret_arn, transform="json", max_age=SECRET_MAX_AGE_S, force_fetch=force
+        )
         assert isinstance(secret, dict)
         # A libpq keyword string quotes every value, so any character in a password is safe.
         return psycopg.conninfo.make_conninfo(
@@ -64,40 +77,76 @@ def resolve_database_url(settings: DatabaseSettings) -> str:
 
 
 class Database:
-    def __init__(self, settings: DatabaseSettings, url: str | None = None) -> None:
+    """The instance's connection. A URL built from the secret is read again on a reconnect once
+    it is older than SECRET_MAX_AGE_S, and at once when the database refuses the login (the
+    password was rotated): a rotation never leaves a warm instance failing until its cold start."""
+
+    def __init__(
+        self, settings: DatabaseSettings, url: str | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._url = url
+        # A URL given here or in DATABASE_URL is fixed; one from the secret can be rotated.
+        self._rotatable = url is None and not settings.database_url
+        self._resolved_at = 0.0
+        self._clock = clock
         self._conn: DictConnection | None = None
 
     @property
     def url(self) -> str:
         if self._url is None:
-            self._url = resolve_database_url(self._settings)
+            self._resolve(force=False)
+        elif self._rotatable and self._clock() - self._resolved_at >= SECRET_MAX_AGE_S:
+            self._resolve(force=True, keep_on_failure=True)
+        assert self._url is not None
         return self._url
+
+    def _resolve(self, *, force: bool, keep_on_failure: bool = False) -> None:
+        try:
+            url = resolve_database_url(self._settings, force=force)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            # Secrets Manager unreachable or the secret unreadable: an old URL may still work.
+            if keep_on_failure and self._url is not None:
+                return
+            raise DatabaseUnavailable(f"cannot read the database secret ({type(exc).__name__})") from None
+        self._url = url
+        self._resolved_at = self._clock()
 
     def connection(self) -> DictConnection:
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._conn = None
-        s = self._settings
         try:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                row_factory=dict_row,
-                connect_timeout=s.connect_timeout_s,
-                options=(
-                    f"-c statement_timeout={s.statement_timeout_ms} -c lock_timeout={s.lock_timeout_ms}"
-                    " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC"
-                ),
-                application_name="capacity-engine",
-                prepare_threshold=s.prepare_threshold,
-            )
+            conn = self._connect(self.url)
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(_first_line(exc)) from None
+            if not (self._rotatable and _login_refused(exc)):
+                raise DatabaseUnavailable(_first_line(exc)) from None
+            # The password may have been rotated since the secret was read: read it again, once.
+            self._resolve(force=True)
+            try:
+                conn = self._connect(self.url)
+            except psycopg.OperationalError as again:
+                raise DatabaseUnavailable(_first_line(again)) from None
         self._conn = conn
         return conn
+
+    def _connect(self, url: str) -> DictConnection:
+        s = self._settings
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=s.connect_timeout_s,
+            options=(
+                f"-c statement_timeout={s.statement_timeout_ms} -c lock_timeout={s.lock_timeout_ms}"
+                " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC"
+            ),
+            application_name="capacity-engine",
+            prepare_threshold=s.prepare_threshold,
+        )
 
     def discard(self) -> None:
         """Drop the connection after an error that may have left it unusable."""
@@ -128,6 +177,13 @@ def error_fields(exc: BaseException) -> dict[str, str | None]:
     """What a log line may say about a failure: its type and SQLSTATE, never its text (a
     database error's message can quote a row, guest data included)."""
     return {"errorType": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None)}
+
+
+def _login_refused(exc: psycopg.OperationalError) -> bool:
+    # A failed connect carries no SQLSTATE in every libpq version: the server's message says it.
+    if getattr(exc, "sqlstate", None) in _AUTH_FAILED:
+        return True
+    return "authentication failed" in str(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,8 +21,26 @@
  * LOAD_TEST_RESTAURANT_ID, LOAD_TEST_DATE, LOAD_TEST_TIMES, LOAD_TEST_RUN_ID.
  *
  * Custom counters (in Artillery's aggregate and per-period output) let `capctl load` reconcile
- * responses with stored rows: bookings.created counts 201s that created a booking, replays are
- * counted apart (a replayed 201 is the same booking again). No guest personal data is logged.
+ * responses with stored rows: bookings.created counts the first 201 a diner saw for a key (the
+ * booking acknowledged), any later 201 for that key is a replay (the same booking again). No guest
+ * personal data is logged.
+ *
+ * Clients behave like real ones. POST /bookings, GET and DELETE /bookings/{id} are sent by this
+ * processor (Node's fetch), not by Artillery's engine, because Artillery ends a virtual user on
+ * its first timeout or refused connection and a real client retries instead: on a timeout, a
+ * connection error, a 502/503/504 or a 409 idempotency_in_progress the diner waits (Retry-After,
+ * else jittered exponential backoff) and resends the same request with the same Idempotency-Key,
+ * at most maxAttempts times. Each attempt is timed into Artillery's own metric names: the
+ * metrics-by-endpoint plugin's (plugins.metrics-by-endpoint.response_time.<name>, .<name>.codes.N,
+ * every attempt) and http.requests per attempt sent; http.codes.N, http.responses and
+ * http.response_time count a request's final answer only, the retried ones go to
+ * load.retried.<status or error>. A request that stays unanswered after its last attempt counts
+ * errors.<code>, as Artillery counts transport errors. Some diners cancel a booking they made
+ * (cancelRatio), retrying a cancel whose answer was lost, and some read it back (readRatio).
+ *
+ * The history: with LOAD_TEST_HISTORY set, every attempt is appended to that file as one JSON
+ * line {t, op: book|cancel|read, key, status, bookingId, replayed, attempt, code, error}: what the
+ * client saw, checked afterwards against the database (src/capctl/history.py).
  */
 
 const crypto = require('node:crypto');
@@ -38,6 +56,21 @@ const MODES = [
 ];
 const POOL_SIZE = 200;
 const MAX_RETRY_AFTER_S = 5;
+// Answers a real client resends (same key): the gateway or the database is briefly away, or the
+// same key is still being processed.
+const RETRY_STATUSES = new Set([502, 503, 504]);
+const BACKOFF_BASE_MS = 200;
+const BACKOFF_CAP_MS = 3000;
+const ENDPOINT = {
+  availability: 'GET availability',
+  book: 'POST /bookings',
+  read: 'GET /bookings/{id}',
+  cancel: 'DELETE /bookings/{id}'
+};
+
+// Replaced by the unit tests (no network, no real waiting).
+let fetchImpl = (...args) => globalThis.fetch(...args);
+let sleepImpl = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const workerStartedAt = Date.now();
 let plan = null;
@@ -47,6 +80,7 @@ let inFlightUsers = 0;
 // check that a replay answers with the same booking.
 const duplicatePool = [];
 const createdByKey = new Map();
+let historyFd = null;
 
 function defaultDate() {
   const d = new Date(Date.now() + 45 * 86400 * 1000);
@@ -264,12 +298,14 @@ function nextBooking(context, events, done) {
   const mode = context.vars.mode;
   context.vars.bookingsLeft -= 1;
   context.vars.resend = false;
+  context.vars.foreign = false;
   let body;
   if (mode === 'duplicates' && duplicatePool.length > 0 && Math.random() < 0.3) {
     // Resend another diner's request: same key, same body (its response may still be pending).
     const other = pick(duplicatePool);
     context.vars.key = other.key;
     context.vars.body = other.body;
+    context.vars.foreign = true;
     events.emit('counter', 'bookings.duplicate_sent', 1);
     return done();
   }
@@ -332,30 +368,38 @@ function recordOutcome(requestParams, response, context, events, done) {
   const status = response.statusCode;
   const replayed = String(response.headers['idempotent-replayed'] || '').toLowerCase() === 'true';
   const mode = context.vars.mode;
+  const key = context.vars.key;
   events.emit('counter', `load.requests.${mode}`, 1);
   if (replayed) {
     events.emit('counter', 'bookings.replayed', 1);
-    events.emit('counter', `bookings.replayed_${status}`, 1);
+    if (status !== 201) {
+      events.emit('counter', `bookings.replayed_${status}`, 1);
+    }
   }
+  context.vars.bookingId = null;
   let pauseMs = 0;
   if (status === 201) {
-    let bookingId = null;
-    try {
-      bookingId = JSON.parse(response.body).booking.id;
-    } catch (_err) {
-      bookingId = null;
-    }
-    const key = context.vars.key;
-    if (!replayed) {
+    const bookingId = bookingIdOf(response);
+    if (!createdByKey.has(key)) {
+      // The booking acknowledged: the first 201 any diner saw for this key. It is a replay when
+      // the answer to an earlier attempt was lost (the retry found the stored response).
       events.emit('counter', 'bookings.created', 1);
       events.emit('counter', 'bookings.created_covers', context.vars.body.partySize);
+      if (replayed) {
+        events.emit('counter', 'bookings.recovered', 1);
+      }
       createdByKey.set(key, bookingId);
       if (createdByKey.size > 5000) {
         createdByKey.delete(createdByKey.keys().next().value);
       }
-    } else if (createdByKey.has(key) && createdByKey.get(key) !== bookingId) {
-      // A replay must return the booking the first request created.
-      events.emit('counter', 'bookings.replay_mismatch', 1);
+      context.vars.bookingId = context.vars.foreign ? null : bookingId;
+    } else {
+      // The same booking again (a deliberate duplicate, or a resend racing the original).
+      events.emit('counter', 'bookings.replayed_201', 1);
+      if (createdByKey.get(key) !== bookingId) {
+        // A replay must return the booking the first request created.
+        events.emit('counter', 'bookings.replay_mismatch', 1);
+      }
     }
   } else if (status === 409) {
     const code = problemCode(response);
@@ -390,6 +434,241 @@ function recordOutcome(requestParams, response, context, events, done) {
   return done();
 }
 
+function bookingIdOf(response) {
+  try {
+    return JSON.parse(response.body).booking.id || null;
+  } catch (_err) {
+    return null;
+  }
+}
+
+// -- requests sent by the diner itself, retried like a real client ---------------------------
+
+function appendHistory(row) {
+  const file = process.env.LOAD_TEST_HISTORY;
+  if (!file) {
+    return;
+  }
+  try {
+    if (historyFd === null) {
+      historyFd = fs.openSync(file, 'a');
+    }
+    // One write of one short line on an O_APPEND file: lines of concurrent workers never mix.
+    fs.writeSync(historyFd, `${JSON.stringify(row)}\n`);
+  } catch (err) {
+    console.error(`processor: cannot append to LOAD_TEST_HISTORY: ${err.code || err.message}`);
+  }
+}
+
+function headerOf(headers, name) {
+  if (!headers) {
+    return undefined;
+  }
+  if (typeof headers.get === 'function') {
+    return headers.get(name) ?? undefined;
+  }
+  return headers[name];
+}
+
+// How long to wait before attempt `attempt` + 1: Retry-After when the answer has one (capped),
+// else full-jitter exponential backoff.
+function retryDelayMs(response, attempt) {
+  if (response && headerOf(response.headers, 'retry-after') !== undefined) {
+    return retryAfterMs(response, 'retry');
+  }
+  return Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+}
+
+function isRetryable(response) {
+  if (!response || response.error) {
+    return true; // a timeout or a connection error: the request may or may not have been done
+  }
+  return (
+    RETRY_STATUSES.has(response.statusCode) ||
+    (response.statusCode === 409 && problemCode(response) === 'idempotency_in_progress')
+  );
+}
+
+// One attempt: {statusCode, headers, body} or {error}. Times the attempt into the endpoint's
+// metrics and appends it to the history.
+async function attemptOnce(context, events, request, attempt) {
+  const name = ENDPOINT[request.op];
+  const headers = {
+    accept: 'application/json',
+    'x-api-key': context.vars.apiKey,
+    'X-Run-Id': context.vars.runId
+  };
+  if (request.key) {
+    headers['Idempotency-Key'] = request.key;
+  }
+  if (request.body) {
+    headers['content-type'] = 'application/json';
+  }
+  const target = /^https?:\/\//.test(String(context.vars.target)) ? context.vars.target : null;
+  const base = String(process.env.LOAD_TEST_BASE_URL || target || '').replace(/\/$/, '');
+  const started = Date.now();
+  events.emit('counter', 'http.requests', 1);
+  events.emit('rate', 'http.request_rate');
+  let result;
+  try {
+    const res = await fetchImpl(base + request.path, {
+      method: request.method,
+      headers,
+      body: request.body ? JSON.stringify(request.body) : undefined,
+      signal: AbortSignal.timeout(setting(context, 'requestTimeoutMs', 12000))
+    });
+    const body = await res.text();
+    const plain = {};
+    for (const [k, v] of res.headers) {
+      plain[k.toLowerCase()] = v;
+    }
+    result = { statusCode: res.status, headers: plain, body };
+    events.emit('counter', `plugins.metrics-by-endpoint.${name}.codes.${res.status}`, 1);
+  } catch (err) {
+    result = { error: errorCode(err) };
+    events.emit('counter', `plugins.metrics-by-endpoint.${name}.errors.${result.error}`, 1);
+  }
+  const ms = Date.now() - started;
+  result.ms = ms;
+  if (!result.error) {
+    events.emit('histogram', `plugins.metrics-by-endpoint.response_time.${name}`, ms);
+  }
+  if (request.op === 'availability') {
+    return result;
+  }
+  appendHistory({
+    t: Date.now(),
+    op: request.op,
+    key: request.key || null,
+    status: result.statusCode ?? null,
+    bookingId: result.error ? request.bookingId || null : bookingIdOf(result) || request.bookingId || null,
+    replayed: String(headerOf(result.headers, 'idempotent-replayed') || '').toLowerCase() === 'true',
+    attempt,
+    code: result.error ? null : problemCode(result),
+    error: result.error || null,
+    ms
+  });
+  return result;
+}
+
+function errorCode(err) {
+  const cause = err && err.cause;
+  if (err && (err.name === 'TimeoutError' || err.name === 'AbortError')) {
+    return 'ETIMEDOUT';
+  }
+  return (cause && cause.code) || (err && err.code) || (err && err.name) || 'Error';
+}
+
+// The request, resent until it gets an answer worth keeping or runs out of attempts; the final
+// answer ({statusCode, …} or {error}) with the number of attempts made.
+async function exchange(context, events, request) {
+  const maxAttempts = setting(context, 'maxAttempts', 10);
+  let result;
+  for (let attempt = 1; ; attempt += 1) {
+    result = await attemptOnce(context, events, request, attempt);
+    if (!isRetryable(result) || attempt >= maxAttempts) {
+      result.attempts = attempt;
+      break;
+    }
+    events.emit('counter', `load.retried.${result.error || result.statusCode}`, 1);
+    await sleepImpl(retryDelayMs(result.error ? null : result, attempt));
+  }
+  if (result.error) {
+    // Unanswered after the last attempt: a transport error as Artillery counts them.
+    events.emit('counter', `errors.${result.error}`, 1);
+  } else {
+    events.emit('counter', 'http.responses', 1);
+    events.emit('counter', `http.codes.${result.statusCode}`, 1);
+    events.emit('histogram', 'http.response_time', result.ms);
+  }
+  return result;
+}
+
+// POST /bookings with the key and body nextBooking chose; the final answer is classified by
+// recordOutcome (counters, alternatives, Retry-After on a 429).
+function sendBooking(context, events, done) {
+  const request = { op: 'book', method: 'POST', path: '/bookings', key: context.vars.key, body: context.vars.body };
+  exchange(context, events, request).then(
+    (result) => {
+      if (result.error) {
+        context.vars.bookingId = null;
+        events.emit('counter', `load.requests.${context.vars.mode}`, 1);
+        return done();
+      }
+      return recordOutcome({}, result, context, events, done);
+    },
+    (err) => done(err)
+  );
+}
+
+// GET availability of the diner's restaurant and date, retried like the others.
+function sendAvailability(context, events, done) {
+  const request = {
+    op: 'availability',
+    method: 'GET',
+    path: `/restaurants/${encodeURIComponent(context.vars.restaurantId)}/availability?date=${encodeURIComponent(context.vars.date)}`
+  };
+  exchange(context, events, request).then(
+    (result) => {
+      if (result.error) {
+        context.vars.roomyTimes = null;
+        return done();
+      }
+      if (result.statusCode !== 200 && result.statusCode !== 429) {
+        console.error(`unexpected response ${result.statusCode} ${problemCode(result) || ''} for GET availability`);
+      }
+      return readAvailability({}, result, context, events, done);
+    },
+    (err) => done(err)
+  );
+}
+
+function sendResend(context, events, done) {
+  if (!shouldResend(context.vars)) {
+    return done();
+  }
+  return sendBooking(context, events, done);
+}
+
+// Some diners cancel the booking they just made (DELETE, retried when its answer is lost), some
+// read it back (GET); both expect 200.
+function followUp(context, events, done) {
+  const bookingId = context.vars.bookingId;
+  if (!bookingId || context.vars.mode === 'probe') {
+    return done();
+  }
+  const roll = Math.random();
+  const cancelRatio = setting(context, 'cancelRatio', 0.1);
+  const readRatio = setting(context, 'readRatio', 0.1);
+  let op;
+  if (roll < cancelRatio) {
+    op = 'cancel';
+  } else if (roll < cancelRatio + readRatio) {
+    op = 'read';
+  } else {
+    return done();
+  }
+  const request = {
+    op,
+    method: op === 'cancel' ? 'DELETE' : 'GET',
+    path: `/bookings/${encodeURIComponent(bookingId)}`,
+    bookingId
+  };
+  exchange(context, events, request).then(
+    (result) => {
+      if (!result.error && result.statusCode === 200) {
+        events.emit('counter', op === 'cancel' ? 'bookings.cancelled' : 'bookings.read', 1);
+        context.vars.bookingId = op === 'cancel' ? null : bookingId;
+      } else if (!result.error) {
+        events.emit('counter', 'bookings.unexpected', 1);
+        console.error(`unexpected response ${result.statusCode} ${problemCode(result) || ''} for ${ENDPOINT[op]}`);
+      }
+      return done();
+    },
+    (err) => done(err)
+  );
+}
+
 // Jittered think time between a diner's bookings (none in the probe phase).
 function pace(context, events, done) {
   if (context.vars.mode === 'probe') {
@@ -417,7 +696,24 @@ module.exports = {
   shouldResend,
   prepareBooking,
   recordOutcome,
+  sendAvailability,
+  sendBooking,
+  sendResend,
+  followUp,
   pace,
   // exported for the unit checks in tests
-  _internals: { loadSchedule, resolveEnv, bookingBody }
+  _internals: {
+    loadSchedule,
+    resolveEnv,
+    bookingBody,
+    exchange,
+    isRetryable,
+    retryDelayMs,
+    setFetch(fn) {
+      fetchImpl = fn;
+    },
+    setSleep(fn) {
+      sleepImpl = fn;
+    }
+  }
 };

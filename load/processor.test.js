@@ -308,9 +308,11 @@ describe('recordOutcome counters', () => {
     });
   });
 
-  test('a replayed 201 (Idempotent-Replayed: true, any case) counts as a replay, not a booking', (t) => {
+  test('a 201 for a key already answered 201 (any case of Idempotent-Replayed) is a replay, not a booking', (t) => {
     for (const flag of ['true', 'True', 'TRUE']) {
       const { proc, d } = booked(t, 'duplicates');
+      outcome(proc, d, created('b-1'));
+      d.events.emitted.length = 0;
       outcome(proc, d, response(201, { booking: { id: 'b-1' } }, { 'idempotent-replayed': flag }));
       assert.deepEqual(d.events.counters(), {
         'load.requests.duplicates': 1,
@@ -320,6 +322,23 @@ describe('recordOutcome counters', () => {
     }
     const { proc, d } = booked(t, 'duplicates');
     outcome(proc, d, response(201, { booking: { id: 'b-1' } }, { 'idempotent-replayed': 'false' }));
+    assert.equal(d.events.counters()['bookings.created'], 1);
+  });
+
+  test('the first 201 of a key is the booking acknowledged, even replayed after a lost answer', (t) => {
+    const { proc, d } = booked(t, 'duplicates');
+    outcome(proc, d, created('b-1', true));
+    assert.deepEqual(d.events.counters(), {
+      'load.requests.duplicates': 1,
+      'bookings.replayed': 1,
+      'bookings.created': 1,
+      'bookings.created_covers': 3,
+      'bookings.recovered': 1
+    });
+    assert.equal(d.context.vars.bookingId, 'b-1', 'the diner may cancel it');
+    // the original answer arriving after the replay is the same booking again
+    outcome(proc, d, created('b-1'));
+    assert.equal(d.events.counters()['bookings.replayed_201'], 1);
     assert.equal(d.events.counters()['bookings.created'], 1);
   });
 
@@ -381,12 +400,12 @@ describe('recordOutcome counters', () => {
     assert.equal(d.events.counters()['bookings.replay_mismatch'], undefined, 'same booking is no mismatch');
     outcome(proc, d, created('b-someone-else', true));
     assert.equal(d.events.counters()['bookings.replay_mismatch'], 1);
-    // A replay of a key whose creating 201 this worker never saw has nothing to compare with.
+    // A replay of a key whose creating 201 this worker never saw is that key's acknowledgement.
     book(proc, d);
     outcome(proc, d, created('b-unknown', true));
     assert.equal(d.events.counters()['bookings.replay_mismatch'], 1);
-    assert.equal(d.events.counters()['bookings.replayed_201'], 3);
-    assert.equal(d.events.counters()['bookings.created'], 1);
+    assert.equal(d.events.counters()['bookings.replayed_201'], 2);
+    assert.equal(d.events.counters()['bookings.created'], 2);
   });
 
   test('the created-booking memory keeps the last 5000 keys', (t) => {
@@ -401,7 +420,9 @@ describe('recordOutcome counters', () => {
     d.context.vars.key = keys[0];
     outcome(proc, d, created('b-other', true));
     assert.equal(d.events.counters()['bookings.replay_mismatch'], undefined, 'the oldest key is forgotten');
-    d.context.vars.key = keys[1];
+    assert.equal(d.events.counters()['bookings.created'], 1, 'so its replay reads as its first answer');
+    // remembering it again forgot the next oldest; the one after is still known
+    d.context.vars.key = keys[2];
     outcome(proc, d, created('b-other', true));
     assert.equal(d.events.counters()['bookings.replay_mismatch'], 1);
   });
@@ -1085,5 +1106,250 @@ describe('personal data', () => {
     for (const secret of secrets) {
       assert.ok(!all.includes(secret), `${secret} reached a counter or the log`);
     }
+  });
+});
+
+// ----------------------------------------------------------------- retries and the history
+
+// The processor's requests answered by `replies` in turn (a Response, or an Error to throw),
+// without waiting; returns what was sent and how long each wait before a resend was.
+function fakeNetwork(proc, replies) {
+  const sent = [];
+  const waits = [];
+  let i = 0;
+  proc._internals.setFetch(async (url, init) => {
+    sent.push({ url, method: init.method, headers: { ...init.headers }, body: init.body });
+    const reply = replies[Math.min(i++, replies.length - 1)];
+    if (reply instanceof Error) {
+      throw reply;
+    }
+    return reply.clone(); // the same reply may answer again
+
+  });
+  proc._internals.setSleep(async (ms) => {
+    waits.push(ms);
+  });
+  return { sent, waits };
+}
+
+function answer(status, body = {}, headers = {}) {
+  return new Response(typeof body === 'string' ? body : JSON.stringify(body), { status, headers });
+}
+
+function timeoutError() {
+  const err = new Error('The operation was aborted due to timeout');
+  err.name = 'TimeoutError';
+  return err;
+}
+
+function refused() {
+  const err = new TypeError('fetch failed');
+  err.cause = { code: 'ECONNREFUSED' };
+  return err;
+}
+
+function run(hook, context, events) {
+  return new Promise((resolve, reject) => hook(context, events, (err) => (err ? reject(err) : resolve())));
+}
+
+function historyOf(file) {
+  return fs.existsSync(file)
+    ? fs
+        .readFileSync(file, 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line))
+    : [];
+}
+
+const BOOKED = { booking: { id: 'b-1', status: 'confirmed' }, capacity: {} };
+
+describe('a client that retries', () => {
+  function setUp(t, phase = 'warm-up') {
+    const history = path.join(tmp, `history-${(files += 1)}.jsonl`);
+    const proc = withPlan(t, PLAN, { LOAD_TEST_HISTORY: history, LOAD_TEST_BASE_URL: 'http://127.0.0.1:9' });
+    randomSequence(t, 0.5);
+    const d = diner(proc, phase);
+    now(proc.nextBooking, d.context, d.events);
+    d.events.emitted.length = 0;
+    return { proc, d, history };
+  }
+
+  test('a 503 is resent with the same key and body after Retry-After; the 201 is the one answer', async (t) => {
+    const { proc, d, history } = setUp(t);
+    const net = fakeNetwork(proc, [
+      answer(503, problem('service_unavailable', { status: 503 }), { 'retry-after': '2' }),
+      answer(201, BOOKED)
+    ]);
+    await run(proc.sendBooking, d.context, d.events);
+
+    assert.equal(net.sent.length, 2);
+    assert.equal(net.sent[0].url, 'http://127.0.0.1:9/bookings');
+    assert.equal(net.sent[0].headers['Idempotency-Key'], net.sent[1].headers['Idempotency-Key']);
+    assert.equal(net.sent[0].body, net.sent[1].body);
+    assert.deepEqual(net.waits, [2000]);
+    const c = d.events.counters();
+    assert.equal(c['http.requests'], 2);
+    assert.equal(c['http.codes.201'], 1);
+    assert.equal(c['http.codes.503'], undefined, 'a retried answer is not the request answer');
+    assert.equal(c['load.retried.503'], 1);
+    assert.equal(c['plugins.metrics-by-endpoint.POST /bookings.codes.503'], 1);
+    assert.equal(c['plugins.metrics-by-endpoint.POST /bookings.codes.201'], 1);
+    assert.equal(c['bookings.created'], 1);
+    const rows = historyOf(history);
+    assert.deepEqual(
+      rows.map((r) => [r.op, r.status, r.attempt, r.bookingId, r.code]),
+      [
+        ['book', 503, 1, null, 'service_unavailable'],
+        ['book', 201, 2, 'b-1', null]
+      ]
+    );
+    assert.equal(rows[0].key, net.sent[0].headers['Idempotency-Key']);
+  });
+
+  test('a timeout, a refused connection, a 502, a 504 and a 409 in progress are all resent', async (t) => {
+    const { proc, d, history } = setUp(t);
+    const net = fakeNetwork(proc, [
+      timeoutError(),
+      refused(),
+      answer(502, { code: 'bad_gateway' }),
+      answer(504, { code: 'gateway_timeout' }),
+      answer(409, problem('idempotency_in_progress'), { 'retry-after': '1' }),
+      answer(201, BOOKED, { 'idempotent-replayed': 'true' })
+    ]);
+    await run(proc.sendBooking, d.context, d.events);
+
+    assert.equal(net.sent.length, 6);
+    assert.equal(new Set(net.sent.map((s) => s.headers['Idempotency-Key'])).size, 1);
+    const c = d.events.counters();
+    assert.equal(c['bookings.created'], 1, 'the replay after lost answers acknowledges the booking');
+    assert.equal(c['bookings.recovered'], 1);
+    assert.equal(c['load.retried.ETIMEDOUT'], 1);
+    assert.equal(c['load.retried.ECONNREFUSED'], 1);
+    assert.equal(Object.keys(c).filter((k) => k.startsWith('errors.')).length, 0);
+    assert.deepEqual(
+      historyOf(history).map((r) => r.error || r.status),
+      ['ETIMEDOUT', 'ECONNREFUSED', 502, 504, 409, 201]
+    );
+    assert.ok(net.waits.every((ms) => ms >= 0 && ms <= 5000));
+  });
+
+  test('resending is bounded by maxAttempts; the last answer is the one counted', async (t) => {
+    const { proc, d } = setUp(t);
+    d.context.vars.maxAttempts = 3;
+    t.mock.method(console, 'error', () => {});
+    const net = fakeNetwork(proc, [answer(503, problem('service_unavailable', { status: 503 }))]);
+    await run(proc.sendBooking, d.context, d.events);
+
+    assert.equal(net.sent.length, 3);
+    const c = d.events.counters();
+    assert.equal(c['http.codes.503'], 1);
+    assert.equal(c['load.retried.503'], 2);
+    assert.equal(c['bookings.unexpected'], 1);
+  });
+
+  test('an answer that is final is never resent: 201, 409 full, 422, 429', async (t) => {
+    for (const final of [
+      answer(201, BOOKED),
+      answer(409, problem('capacity_exceeded', { alternatives: [] })),
+      answer(422, { code: 'validation_error' }),
+      answer(429, problem('rate_limited'), { 'retry-after': '1' })
+    ]) {
+      const { proc, d } = setUp(t);
+      t.mock.method(console, 'error', () => {});
+      const net = fakeNetwork(proc, [final, answer(500, {})]);
+      t.mock.timers.enable({ apis: ['setTimeout'] });
+      const sent = run(proc.sendBooking, d.context, d.events);
+      for (let i = 0; i < 60; i += 1) {
+        await Promise.resolve();
+        t.mock.timers.tick(100);
+      }
+      await sent;
+      t.mock.timers.reset();
+      assert.equal(net.sent.length, 1, `status ${final.status}`);
+    }
+  });
+
+  test('unanswered after the last attempt: a transport error as Artillery counts it', async (t) => {
+    const { proc, d, history } = setUp(t);
+    d.context.vars.maxAttempts = 2;
+    fakeNetwork(proc, [refused()]);
+    await run(proc.sendBooking, d.context, d.events);
+
+    const c = d.events.counters();
+    assert.equal(c['errors.ECONNREFUSED'], 1);
+    assert.equal(c['http.responses'], undefined);
+    assert.equal(c['bookings.created'], undefined);
+    assert.equal(historyOf(history).length, 2);
+  });
+
+  test('a diner cancels a booking it made and resends the cancel whose answer was lost', async (t) => {
+    const { proc, d, history } = setUp(t);
+    fakeNetwork(proc, [answer(201, BOOKED)]);
+    await run(proc.sendBooking, d.context, d.events);
+    assert.equal(d.context.vars.bookingId, 'b-1');
+
+    randomSequence(t, 0.01); // below cancelRatio
+    const net = fakeNetwork(proc, [timeoutError(), answer(200, { booking: { id: 'b-1', status: 'cancelled' } })]);
+    await run(proc.followUp, d.context, d.events);
+
+    assert.deepEqual(
+      net.sent.map((s) => [s.method, s.url]),
+      [
+        ['DELETE', 'http://127.0.0.1:9/bookings/b-1'],
+        ['DELETE', 'http://127.0.0.1:9/bookings/b-1']
+      ]
+    );
+    assert.equal(d.events.counters()['bookings.cancelled'], 1);
+    assert.equal(d.events.counters()['plugins.metrics-by-endpoint.DELETE /bookings/{id}.codes.200'], 1);
+    assert.deepEqual(
+      historyOf(history)
+        .filter((r) => r.op === 'cancel')
+        .map((r) => [r.bookingId, r.status, r.error]),
+      [
+        ['b-1', null, 'ETIMEDOUT'],
+        ['b-1', 200, null]
+      ]
+    );
+    assert.equal(d.context.vars.bookingId, null, 'a cancelled booking is not cancelled twice');
+  });
+
+  test('some diners read their booking back; most do neither; a resent foreign key is never cancelled', async (t) => {
+    const { proc, d, history } = setUp(t);
+    fakeNetwork(proc, [answer(201, BOOKED)]);
+    await run(proc.sendBooking, d.context, d.events);
+    randomSequence(t, 0.15); // between cancelRatio and cancelRatio + readRatio
+    const net = fakeNetwork(proc, [answer(200, BOOKED)]);
+    await run(proc.followUp, d.context, d.events);
+    assert.deepEqual(net.sent.map((s) => s.method), ['GET']);
+    assert.equal(d.events.counters()['bookings.read'], 1);
+    assert.equal(d.events.counters()['plugins.metrics-by-endpoint.GET /bookings/{id}.codes.200'], 1);
+
+    randomSequence(t, 0.9);
+    const quiet = fakeNetwork(proc, [answer(200, BOOKED)]);
+    await run(proc.followUp, d.context, d.events);
+    assert.equal(quiet.sent.length, 0);
+
+    d.context.vars.bookingId = null; // what recordOutcome leaves for another diner's key
+    randomSequence(t, 0.01);
+    await run(proc.followUp, d.context, d.events);
+    assert.equal(quiet.sent.length, 0);
+    assert.equal(historyOf(history).filter((r) => r.op === 'read').length, 1);
+  });
+
+  test('availability is resent on a 503 too, and its answer read as before; it is not in the history', async (t) => {
+    const { proc, d, history } = setUp(t);
+    const net = fakeNetwork(proc, [
+      answer(503, problem('service_unavailable', { status: 503 }), { 'retry-after': '1' }),
+      answer(200, { slots: [{ time: '18:00', remainingCovers: 2 }, { time: '18:15', remainingCovers: 0 }] })
+    ]);
+    await run(proc.sendAvailability, d.context, d.events);
+
+    assert.equal(net.sent.length, 2);
+    assert.match(net.sent[0].url, /\/restaurants\/[0-9a-f-]+\/availability\?date=2031-03-1[01]$/);
+    assert.deepEqual(d.context.vars.roomyTimes, ['18:00']);
+    assert.equal(d.events.counters()['plugins.metrics-by-endpoint.GET availability.codes.200'], 1);
+    assert.equal(historyOf(history).length, 0);
   });
 });

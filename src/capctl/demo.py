@@ -1,16 +1,21 @@
 """`capctl demo`: the whole main job, end to end, on this machine.
 
-1. the database: DATABASE_URL, else the embedded PostgreSQL (`capctl db up`), migrated and seeded
-   with load/seed.json;
+1. the database: a fresh embedded PostgreSQL of its own in a temporary data directory, migrated
+   and seeded with load/seed.json; never DATABASE_URL nor the `capctl db up` server, whose data
+   it did not create (``--database-url URL --i-know-this-is-not-production`` overrides that);
 2. stand-ins for the outside world on 127.0.0.1: a moto server (an SNS topic with an SQS queue
    subscribed, so published alerts can be read back) and a Slack-compatible webhook sink;
 3. the API: `capctl serve` with 4 Lambda-like instances, a generated API key and a usage plan;
 4. the Artillery load test (load/capacity-load.yml, 50+ concurrent diners) with its verification
-   and report;
+   and report, with faults injected during the contention phase (by default db-crash,
+   instance-kill and db-stall: the demo's own PostgreSQL is killed and restarted, then stalled,
+   and a handler instance is killed), then a dashboard snapshot beside the report;
 5. the scheduled functions once: `capctl rollup`, then `capctl check-alerts` delivering to the
    topic and the webhook, with load-test traffic included (ALERTS_INCLUDE_LOAD_TEST=true);
 6. what was delivered, read back from the queue and the sink; then cleanup of the synthetic
-   bookings and every process it started is stopped, also on failure or Ctrl-C.
+   bookings and every process it started is stopped (and its database removed), also on failure
+   or Ctrl-C. The logs of the processes it started stay beside the report
+   (``<report dir>/<stem>-logs/``).
 
 Exit code: the load test's (0 passed, 1 failed).
 """
@@ -38,7 +43,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from capacity.figures import COUNTERS_SQL
+from capctl import faults as fault_injection
 from capctl import load as load_test
+from capctl import report as reports
 from capctl.errors import UserError
 from capctl.webhook_sink import WebhookSink
 
@@ -60,22 +68,47 @@ DEMO_ALERT_SETTINGS = {
     "CONFLICT_MIN_REQUESTS": "20",
     "ALERT_COOLDOWN_MINUTES": "1",
 }
-_RUN_CONFLICTS = """
-SELECT e.restaurant_id::text AS restaurant_id,
-       count(*) FILTER (WHERE e.event_type IN ('booking.success', 'booking.capacity_exceeded',
-                                               'booking.retry_exhausted'))::int AS requests,
-       count(*) FILTER (WHERE e.event_type = 'booking.overbook_prevented')::int AS lost_races,
-       count(*) FILTER (WHERE e.event_type = 'booking.conflict')::int AS retried
+# The run's figures as capacity.figures counts them (the roll-up, the alert and the report agree).
+_RUN_CONFLICTS = f"""
+SELECT e.restaurant_id::text AS restaurant_id, {COUNTERS_SQL}
   FROM observability_events e
  WHERE e.metadata ->> 'runId' = %(run_id)s
  GROUP BY 1 ORDER BY 1
-"""
+"""  # noqa: S608 (fragments of capacity.figures; values are bound parameters)
+DEFAULT_FAULTS = "db-crash,instance-kill,db-stall"
+# Bookings the demo did not create: their run_id is not this run's (live bookings have none).
+_FOREIGN_BOOKINGS = "SELECT count(*)::int AS n FROM bookings WHERE run_id IS DISTINCT FROM %(run_id)s"
+CONFIRM_FLAG = "--i-know-this-is-not-production"
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.description = (
+        "The whole main job on a fresh embedded PostgreSQL of its own: local API, Artillery load test with "
+        "faults, verification, report, roll-up, alert check and delivery; everything it starts is stopped."
+    )
     parser.add_argument("--smoke", action="store_true", help="the reduced scenario (~15 s) instead of the full one")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic bookings afterwards")
     parser.add_argument("--report-dir", type=Path, default=load_test.DEFAULT_REPORT_DIR)
+    parser.add_argument(
+        "--faults",
+        metavar="LIST",
+        default=DEFAULT_FAULTS,
+        help=f"faults injected during the load test (default {DEFAULT_FAULTS}); 'none' for none",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=None,
+        help=f"run on this existing database instead of a fresh one (needs {CONFIRM_FLAG}; the alert check "
+        "is skipped when it holds bookings the demo did not create)",
+    )
+    parser.add_argument(
+        CONFIRM_FLAG,
+        dest="not_production",
+        action="store_true",
+        help="confirm that --database-url is a disposable database: the demo writes to it and kills its server "
+        "with --faults db-crash/db-stall",
+    )
 
 
 # --------------------------------------------------------------------------- processes
@@ -212,30 +245,61 @@ def _step(out: TextIO, text: str) -> None:
     print(f"\n== {text}", file=out, flush=True)
 
 
-def prepare_database(out: TextIO) -> str:
+def _migrate_and_seed(url: str) -> tuple[list[str], int]:
     from capctl import database
     from capctl.migrate import migrate
     from capctl.seed import apply_seed, load_seed
 
-    url = database.database_url(required=False) or database.start_embedded()
     with database.connection(url) as conn:
         applied = migrate(conn)
         counts = apply_seed(conn, load_seed(load_test.resolve_path(SEED_FILE)))
-    where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else f"embedded PostgreSQL ({database.state_dir()})"
+    return applied, counts.restaurants
+
+
+def fresh_database(stack: contextlib.ExitStack, out: TextIO) -> str:
+    """A new embedded PostgreSQL in a temporary data directory, stopped and removed on exit."""
+    from capctl.database import embedded_server
+
+    home = Path(tempfile.mkdtemp(prefix="capctl-demo-pg-"))
+    stack.callback(shutil.rmtree, home, True)
+    server = embedded_server(home / "pgdata", cleanup_mode=None)
+    stack.callback(_stop_server_quietly, server, out)
+    url: str = server.get_uri()
+    applied, restaurants = _migrate_and_seed(url)
     print(
-        f"   {where}: {'applied ' + ', '.join(applied) if applied else 'schema up to date'}; "
-        f"seeded {counts['restaurants']} restaurants from {SEED_FILE}",
+        f"   fresh embedded PostgreSQL in {home} ({'applied ' + ', '.join(applied) if applied else 'migrated'}); "
+        f"seeded {restaurants} restaurants from {SEED_FILE}",
+        file=out,
+    )
+    if os.environ.get("DATABASE_URL"):
+        print("   (DATABASE_URL is set and left alone: the demo never touches data it did not create)", file=out)
+    return url
+
+
+def given_database(url: str, out: TextIO) -> str:
+    """--database-url with its confirmation: migrated and seeded like a fresh one."""
+    applied, restaurants = _migrate_and_seed(url)
+    print(
+        f"   --database-url ({'applied ' + ', '.join(applied) if applied else 'schema up to date'}); "
+        f"seeded {restaurants} restaurants from {SEED_FILE}",
         file=out,
     )
     return url
 
 
-def _stop_embedded_quietly(out: TextIO) -> None:
-    from capctl import database
-
+def _stop_server_quietly(server: Any, out: TextIO) -> None:
     with contextlib.suppress(Exception):
-        if database.stop_embedded():
-            print("stopped the embedded PostgreSQL this demo started", file=out)
+        server.cleanup()
+        print("stopped the embedded PostgreSQL this demo started", file=out)
+
+
+def foreign_bookings(database_url: str, run_id: str) -> int:
+    """Bookings in the database that this run did not create."""
+    from capctl.database import connection
+
+    with connection(database_url) as conn:
+        row = conn.execute(_FOREIGN_BOOKINGS, {"run_id": run_id}).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def seed_restaurant_ids() -> list[str]:
@@ -262,16 +326,18 @@ def run_capctl(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 3
 
 def print_run_conflicts(database_url: str, run_id: str, names: Mapping[str, str], out: TextIO) -> None:
     """Per restaurant, what the conflict-rate alert measures, for this run's requests alone."""
+    from capacity import figures
     from capctl.database import connection
 
     with connection(database_url) as conn:
         rows = conn.execute(_RUN_CONFLICTS, {"run_id": run_id}).fetchall()
     for r in rows:
-        conflicts = r["lost_races"] + r["retried"]
-        rate = conflicts / r["requests"] if r["requests"] else 0.0
+        rate = figures.conflict_rate(r["conflicts"], r["requests"])
         print(
             f"   this run at {names.get(r['restaurant_id'], r['restaurant_id'])}: {r['requests']} requests, "
-            f"{r['lost_races']} lost races, {r['retried']} retried failures: conflict rate {rate:.2%}",
+            f"{r['conflicts']} met a conflict ({r['overbook_prevented']} lost races, {r['retried_failures']} "
+            f"retried failures, {r['retry_exhausted']} out of retries): conflict rate "
+            f"{'-' if rate is None else f'{rate:.2%}'}",
             file=out,
         )
 
@@ -331,21 +397,34 @@ def print_delivered(inbox: AlertInbox, sink: WebhookSink, out: TextIO) -> None:
 # --------------------------------------------------------------------------- the demo
 
 
+def _options(args: argparse.Namespace) -> list[str]:
+    """The faults to inject; refuses an existing database without its confirmation (exit 2)."""
+    if args.database_url is not None and not args.not_production:
+        raise UserError(
+            f"--database-url points the demo at an existing database it would write to (and, with --faults, "
+            f"kill): add {CONFIRM_FLAG} if it is a disposable one"
+        )
+    if args.not_production and args.database_url is None:
+        raise UserError(f"{CONFIRM_FLAG} confirms --database-url, which is missing")
+    raw = (args.faults or "").strip()
+    return [] if raw.lower() in ("", "none") else fault_injection.parse_kinds(raw)
+
+
 def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     started = time.monotonic()
+    faults = _options(args)
     artillery = load_test.find_artillery(os.environ)
     moto = moto_server_binary()
-    run_id = load_test.new_run_id(dt.datetime.now(dt.UTC))
-    logs = Path(tempfile.mkdtemp(prefix="capctl-demo-"))
+    started_at = dt.datetime.now(dt.UTC)
+    run_id = load_test.new_run_id(started_at)
+    stem = reports.report_stem(started_at)
+    # The logs of everything the demo starts stay beside its report.
+    logs = args.report_dir / f"{stem}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         _step(out, "1/6 database")
-        from capctl import database
-
-        if database.database_url(required=False) is None:
-            # The demo starts the embedded server, so it stops it too (its data stays in CAPCTL_HOME).
-            stack.callback(_stop_embedded_quietly, out)
-        database_url = prepare_database(out)
+        database_url = given_database(args.database_url, out) if args.database_url else fresh_database(stack, out)
         base_env = dict(os.environ)
         base_env.update(
             {
@@ -390,9 +469,13 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
         stack.callback(serve.stop)
         base_url = serve.wait_for_line(READY_LINE, START_TIMEOUT_S)["url"]
         wait_http(f"{base_url}/__health", START_TIMEOUT_S)
-        print(f"   {base_url} (access log {serve.log_path})", file=out)
+        print(f"   {base_url} (access log and the functions' logs: {serve.log_path.resolve()})", file=out)
 
-        _step(out, "4/6 load test")
+        _step(out, "4/6 load test" + (f" with faults: {', '.join(faults)}" if faults else ""))
+        names = {
+            str(r["id"]): str(r["name"])
+            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
+        }
         options = load_test.LoadOptions(
             base_url=base_url,
             service_key=api_key,
@@ -403,8 +486,12 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
             keep=True,  # rollup and the alert check read the run's rows first; cleanup comes last
             database_url=database_url,
             artillery=artillery,
+            faults=faults,
+            restaurant_names=names,
+            stem=stem,
         )
         result = load_test.run_load(options, env=base_env, out=out)
+        snapshot = write_dashboard(database_url, args.report_dir / f"{stem}.dashboard.html", serve.log_path, out)
 
         _step(out, "5/6 scheduled functions: rollup, then the alert check (load-test traffic included)")
         alert_env = {**DEMO_ALERT_SETTINGS, **base_env}
@@ -416,37 +503,41 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
                 "ALERTS_INCLUDE_LOAD_TEST": "true",
             }
         )
-        threshold = float(alert_env["CONFLICT_RATE_THRESHOLD"])
-        print(
-            f"   alert settings: conflict rate > {threshold:.2%} with >= {alert_env['CONFLICT_MIN_REQUESTS']} "
-            f"requests (production default 5.00%), cooldown {alert_env['ALERT_COOLDOWN_MINUTES']} min; "
-            "load-test traffic included",
-            file=out,
-        )
-        names = {
-            str(r["id"]): str(r["name"])
-            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
-        }
         print_run_conflicts(database_url, run_id, names, out)
         rollup = run_capctl(["rollup", "--json"], alert_env)
         print(f"   rollup: {_rollup_line(rollup)}", file=out)
-        alerts = run_capctl(["check-alerts", "--json"], alert_env)
-        print(
-            f"   check-alerts: {alerts.get('restaurants', 0)} restaurants, {alerts.get('slotsChecked', 0)} booked "
-            f"slots; opened {alerts.get('opened', 0)}, resolved {alerts.get('resolved', 0)}, "
-            f"sent {alerts.get('sent', 0)}, delivery failures {alerts.get('deliveryFailures', 0)}",
-            file=out,
-        )
-        names = {
-            str(r["id"]): str(r["name"])
-            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
-        }
-        explain_alerts(alerts, names, out)
+        foreign = foreign_bookings(database_url, run_id)
+        if foreign:
+            # Lowered thresholds on somebody else's bookings would alert on their traffic.
+            print(
+                f"   check-alerts skipped: the database holds {foreign} bookings this demo did not create, and the "
+                "demo's lowered alert thresholds are only for its own data",
+                file=out,
+            )
+        else:
+            threshold = float(alert_env["CONFLICT_RATE_THRESHOLD"])
+            print(
+                f"   alert settings: conflict rate > {threshold:.2%} with >= {alert_env['CONFLICT_MIN_REQUESTS']} "
+                f"requests (production default 5.00%), cooldown {alert_env['ALERT_COOLDOWN_MINUTES']} min; "
+                "load-test traffic included",
+                file=out,
+            )
+            alerts = run_capctl(["check-alerts", "--json"], alert_env)
+            print(
+                f"   check-alerts: {alerts.get('restaurants', 0)} restaurants, {alerts.get('slotsChecked', 0)} "
+                f"booked slots; opened {alerts.get('opened', 0)}, resolved {alerts.get('resolved', 0)}, "
+                f"sent {alerts.get('sent', 0)}, delivery failures {alerts.get('deliveryFailures', 0)}",
+                file=out,
+            )
+            explain_alerts(alerts, names, out)
 
         _step(out, "6/6 delivered alerts")
         print_delivered(inbox, sink, out)
 
-        print(f"\nreport: {result.json_path}\n        {result.html_path}", file=out)
+        print(f"\nreport:    {result.json_path}\nhtml:      {result.html_path}", file=out)
+        if snapshot is not None:
+            print(f"dashboard: {snapshot}", file=out)
+        print(f"logs:      {logs.resolve()}", file=out)
         if not args.keep:
             from capctl.cleanup import remove_synthetic
             from capctl.database import connection
@@ -456,9 +547,19 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
             print(f"cleanup: {cleaned.describe()}", file=out)
         verdict = "PASSED" if result.passed else "FAILED"
         print(f"demo finished in {time.monotonic() - started:.0f} s: load test {verdict}", file=out, flush=True)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(logs)
     return 0 if result.passed else 1
+
+
+def write_dashboard(database_url: str, path: Path, serve_log: Path, out: TextIO) -> Path | None:
+    """The dashboard as one HTML file beside the report (the run's synthetic traffic)."""
+    try:
+        from capctl.dashboard import write_snapshot
+    except ImportError:
+        print("   dashboard: not available", file=out)
+        return None
+    written = write_snapshot(database_url, path, emf_logs=[serve_log], synthetic=True)
+    print(f"   dashboard snapshot {written}", file=out)
+    return written
 
 
 def _rollup_line(rollup: Mapping[str, Any]) -> str:

@@ -12,6 +12,13 @@
 4. Report: reports/load-tests/<UTC timestamp>.json + .html, and a table here.
 5. Clean up the run's synthetic bookings (unless --keep; needs database access).
 
+Every request the diners make is also recorded as the client saw it (the history,
+raw/<stem>.history.jsonl) and checked against the database by capctl.history: no acknowledged
+booking or cancellation lost, replays return the original, no key with two bookings, the slot
+ledger equals its recount. With --faults (local targets only) capctl.faults kills or stalls
+PostgreSQL and kills a handler instance during the contention phase, and the report says how long
+the service took to answer a booking again after each fault.
+
 Exit 0 only when every check passed; 1 when a check failed; 2 for a usage error.
 """
 
@@ -40,7 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from capacity.outcomes import REQUEST_EVENTS
+from capacity import figures
+from capacity.outcomes import LOAD_TEST_SOURCE, REQUEST_EVENTS, EventType
+from capctl import faults as fault_injection
+from capctl import history as run_history
 from capctl import report as reports
 from capctl.errors import UserError
 
@@ -59,6 +69,9 @@ PROBE_SECONDS, PROBE_RATE = 8, 40
 DATE_SEARCH_DAYS = (30, 60)
 HTTP_TIMEOUT_S = 10.0
 EVENT_BUCKET_S = 5
+# With faults, a request held by a stalled or restarting database answers late by design: the
+# latency limit is then the gateway's function timeout (a client still gets its answer).
+FAULT_ENSURE_OVERRIDE = {"config": {"ensure": {"thresholds": [{"http.response_time.p99": 10000}], "maxErrorRate": 0}}}
 
 
 # --------------------------------------------------------------------------- settings
@@ -80,6 +93,9 @@ class LoadOptions:
     probe_seconds: int = 0
     probe_rate: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
+    restaurant_names: dict[str, str] = field(default_factory=dict)
+    stem: str | None = None  # the report's file name stem (default: the run's UTC start)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -114,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow a target that is not localhost (e.g. staging)"
+    )
+    parser.add_argument(
+        "--faults",
+        metavar="LIST",
+        default=None,
+        help=f"inject faults during the contention phase, comma-separated: {', '.join(fault_injection.KINDS)} "
+        "(local targets only; needs the database)",
     )
 
 
@@ -150,6 +173,13 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> LoadOption
         from capctl.database import database_url as configured_database
 
         database_url = configured_database(required=False)
+    faults: list[str] = []
+    if getattr(args, "faults", None) is not None:
+        if args.allow_remote or parsed.hostname not in LOCAL_HOSTS:
+            raise UserError("--faults kills and stalls processes of this machine: it is refused with --allow-remote")
+        faults = fault_injection.parse_kinds(args.faults)
+        if database_url is None:
+            raise UserError("--faults needs database access to verify the run (DATABASE_URL or `capctl db up`)")
     return LoadOptions(
         base_url=base_url.rstrip("/"),
         service_key=service_key,
@@ -164,6 +194,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> LoadOption
         days=args.days,
         probe_seconds=PROBE_SECONDS if probe else 0,
         probe_rate=PROBE_RATE if probe else 0,
+        faults=faults,
     )
 
 
@@ -347,8 +378,9 @@ _HEADER_LINE = re.compile(r"^(?P<name>[^:]+):\s*$")
 class Progress:
     """Condenses Artillery's console output: phase lines, then one line per 10 s period."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, load_started: threading.Event | None = None) -> None:
         self.out = out
+        self.load_started = load_started
         self.block: dict[str, float] | None = None
         self.block_end = ""
         self.parent = ""
@@ -363,6 +395,8 @@ class Progress:
                 self._print(f"  ensure {line}")
             return
         if line.startswith("Phase started:"):
+            if self.load_started is not None:
+                self.load_started.set()
             self.flush()
             if "duration: 0s" in line:  # the opt-in probe phase when it is off
                 return
@@ -426,10 +460,16 @@ def run_artillery(
     output_path: Path,
     log_path: Path,
     out: TextIO,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    load_started: threading.Event | None = None,
 ) -> ArtilleryRun:
     """Artillery in its own process group (so Ctrl-C or a failure stops all of it)."""
-    command = [str(artillery), "run", "--output", str(output_path), str(scenario)]
-    progress = Progress(out)
+    command = [str(artillery), "run", "--output", str(output_path)]
+    if overrides:
+        command += ["--overrides", json.dumps(overrides)]
+    command.append(str(scenario))
+    progress = Progress(out, load_started)
     stderr_lines: list[str] = []
     with log_path.open("w") as log:
         process = subprocess.Popen(  # noqa: S603 (a fixed command line, no shell)
@@ -481,7 +521,9 @@ def _stop_group(process: subprocess.Popen[str]) -> None:
         process.wait()
 
 
-def artillery_env(options: LoadOptions, base: Mapping[str, str], plan_path: Path, run_id: str) -> dict[str, str]:
+def artillery_env(
+    options: LoadOptions, base: Mapping[str, str], plan_path: Path, run_id: str, history_path: Path | None = None
+) -> dict[str, str]:
     env = dict(base)
     env.update(options.extra_env)
     env.update(
@@ -497,6 +539,8 @@ def artillery_env(options: LoadOptions, base: Mapping[str, str], plan_path: Path
             "NO_COLOR": "1",
         }
     )
+    if history_path is not None:
+        env[run_history.HISTORY_ENV] = str(history_path)
     return env
 
 
@@ -506,12 +550,12 @@ _RUN_BOOKINGS = """
 SELECT count(*)::int AS bookings,
        count(*) FILTER (WHERE status = 'confirmed')::int AS confirmed,
        coalesce(sum(party_size), 0)::int AS covers
-  FROM bookings WHERE run_id = %(run_id)s AND source = 'load-test'
+  FROM bookings WHERE run_id = %(run_id)s AND source = %(source)s
 """
 _RUN_BOOKINGS_BY_SLOT = """
 SELECT restaurant_id::text AS restaurant_id, booking_date, to_char(booking_time, 'HH24:MI') AS time,
        sum(party_size)::int AS covers
-  FROM bookings WHERE run_id = %(run_id)s AND source = 'load-test' AND status = 'confirmed'
+  FROM bookings WHERE run_id = %(run_id)s AND source = %(source)s AND status = 'confirmed'
  GROUP BY 1, 2, 3
 """
 _DUPLICATE_KEYS = """
@@ -532,6 +576,16 @@ SELECT to_timestamp(floor(extract(epoch FROM occurred_at) / %(bucket)s) * %(buck
  WHERE metadata ->> 'runId' = %(run_id)s AND occurred_at >= %(since)s
  GROUP BY 1, 2 ORDER BY 1
 """
+# Booking requests and those that met a conflict, per bucket and for the run: capacity.figures'
+# one definition, the same the roll-up, the alerts and the demo count with.
+_RUN_FIGURES_TIMELINE = f"""
+SELECT to_timestamp(floor(extract(epoch FROM e.occurred_at) / %(bucket)s) * %(bucket)s) AS t,
+       count(*) FILTER (WHERE {figures.OUTCOME_SQL})::int AS requests,
+       count(*) FILTER (WHERE {figures.CONFLICTED_SQL})::int AS conflicts
+  FROM observability_events e
+ WHERE e.metadata ->> 'runId' = %(run_id)s AND e.occurred_at >= %(since)s
+ GROUP BY 1 ORDER BY 1
+"""  # noqa: S608 (fragments of capacity.figures; values are bound parameters)
 _LEDGER = """
 SELECT u.restaurant_id::text AS restaurant_id, u.slot_date, to_char(u.slot_time, 'HH24:MI') AS time,
        u.booked_covers AS ledger,
@@ -555,7 +609,7 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
     states = slot_states(conn, restaurant_ids=ids, date_from=plan.dates[0], date_to=plan.dates[-1])
     by_run = {
         _slot_key(r["restaurant_id"], r["booking_date"].isoformat(), r["time"]): r["covers"]
-        for r in conn.execute(_RUN_BOOKINGS_BY_SLOT, {"run_id": plan.run_id})
+        for r in conn.execute(_RUN_BOOKINGS_BY_SLOT, {"run_id": plan.run_id, "source": LOAD_TEST_SOURCE})
     }
     slots: dict[tuple[str, str, str], dict[str, Any]] = {}
     for (rid, date), before in plan.days.items():
@@ -586,7 +640,7 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
         entry["confirmedCovers"] = row["confirmedCovers"]
     ordered = [slots[k] for k in sorted(slots)]
     over = [s for s in ordered if s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]]
-    run_rows = conn.execute(_RUN_BOOKINGS, {"run_id": plan.run_id}).fetchone()
+    run_rows = conn.execute(_RUN_BOOKINGS, {"run_id": plan.run_id, "source": LOAD_TEST_SOURCE}).fetchone()
     duplicates = conn.execute(_DUPLICATE_KEYS, {"run_id": plan.run_id}).fetchone()
     # Every event a booking request can record is listed, 0 when the run had none of it.
     events = {e.value: 0 for e in sorted(REQUEST_EVENTS)}
@@ -595,6 +649,11 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
     for r in conn.execute(_RUN_EVENTS_TIMELINE, {"run_id": plan.run_id, "since": since, "bucket": EVENT_BUCKET_S}):
         stamp = r["t"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
         buckets[stamp][r["event_type"]] = r["n"]
+    conflicted = 0
+    for r in conn.execute(_RUN_FIGURES_TIMELINE, {"run_id": plan.run_id, "since": since, "bucket": EVENT_BUCKET_S}):
+        stamp = r["t"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        buckets[stamp].update(requests=r["requests"], conflicts=r["conflicts"])
+        conflicted += r["conflicts"]
     ledger = [
         {
             "restaurantId": r["restaurant_id"],
@@ -613,11 +672,41 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
         bookings_stored=run_rows["bookings"],
         covers_stored=run_rows["covers"],
         duplicate_keys=duplicates["n"],
-        success_events=events.get("booking.success", 0),
+        success_events=events.get(EventType.SUCCESS, 0),
         ledger_mismatches=ledger,
         events=events,
         events_timeline=[{"t": t, **counts} for t, counts in sorted(buckets.items())],
+        conflicted_requests=conflicted,
     )
+
+
+def verify_history(
+    conn: Any, verification: reports.Verification, run_id: str, history_path: Path, faults: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The client-side history against the database (capctl.history); fills the verification's
+    acknowledgedLost / cancellationsLost and history checks, returns the faults with their
+    recovery times."""
+    outcomes = run_history.read_history(history_path)
+    stored = run_history.stored_bookings(conn, run_id)
+    verdict = run_history.check_history(
+        outcomes, stored, ledger_mismatches=verification.ledger_mismatches, faults=faults
+    )
+    verification.acknowledged_lost = verdict.acknowledged_lost
+    verification.cancellations_lost = verdict.cancellations_lost
+    # The report shows the two "lost" figures as checks of their own; the ledger has its own too.
+    shown = {"every acknowledged booking is stored", "every acknowledged cancellation is cancelled"}
+    shown.add("slot ledger = recount from bookings")
+    verification.history_checks = [c for c in verdict.checks if c["check"] not in shown]
+    for fault, record in zip(verdict.faults, faults, strict=True):
+        if record.get("error"):
+            verification.history_checks.append(
+                {"check": f"{fault['kind']} was injected and healed", "passed": False, "detail": record["error"]}
+            )
+    if not outcomes:
+        verification.history_checks.append(
+            {"check": "the diners recorded their history", "passed": False, "detail": f"{history_path} is empty"}
+        )
+    return verdict.faults
 
 
 def verify_by_availability(api: Api, plan: Plan, created_covers: int) -> reports.Verification:
@@ -679,7 +768,7 @@ def run_load(
     api = Api(options.base_url, options.service_key)
     assert options.artillery is not None
     plan = make_plan(api, options, run_id)
-    stem = reports.report_stem(started_at)
+    stem = options.stem or reports.report_stem(started_at)
     # Artillery's raw output and log go one level down, so that `reports/load-tests/*.json` are
     # the reports (contract section 7) and nothing else.
     raw_dir = options.report_dir / "raw"
@@ -695,25 +784,51 @@ def run_load(
         file=out,
         flush=True,
     )
+    history_path = raw_dir / f"{stem}.history.jsonl"
+    history_path.unlink(missing_ok=True)
+    injector = None
+    if options.faults:
+        injector = fault_injection.Injector(
+            kinds=options.faults,
+            offsets=fault_injection.schedule(options.faults, fault_injection.scenario_phases(options.scenario)),
+            database_url=options.database_url,
+            base_url=options.base_url,
+            out=out,
+        )
+        injector.prepare()
+        print(f"  faults: {injector.describe()} (from the first phase's start)", file=out, flush=True)
     cleaned = False
     try:
         with tempfile.TemporaryDirectory(prefix="capctl-load-") as tmp:
             plan_path = Path(tmp) / "plan.json"
             plan_path.write_text(json.dumps(plan.as_json()))
-            run = run_artillery(
-                options.artillery,
-                options.scenario,
-                artillery_env(options, base_env, plan_path, run_id),
-                raw_dir / f"{stem}.artillery.json",
-                raw_dir / f"{stem}.log",
-                out,
-            )
+            load_started = threading.Event()
+            if injector is not None:
+                injector.start(load_started)
+            try:
+                run = run_artillery(
+                    options.artillery,
+                    options.scenario,
+                    artillery_env(options, base_env, plan_path, run_id, history_path),
+                    raw_dir / f"{stem}.artillery.json",
+                    raw_dir / f"{stem}.log",
+                    out,
+                    overrides=FAULT_ENSURE_OVERRIDE if injector is not None else None,
+                    load_started=load_started,
+                )
+            finally:
+                if injector is not None:
+                    injector.stop()
         aggregate = run.output["aggregate"] if run.output else {}
+        faults: list[dict[str, Any]] = []
         if options.database_url:
             from capctl.database import connection
 
             with connection(options.database_url) as conn:
                 verification = verify_in_database(conn, plan, started_at - dt.timedelta(minutes=1))
+                faults = verify_history(
+                    conn, verification, run_id, history_path, injector.records if injector is not None else []
+                )
         else:
             verification = verify_by_availability(api, plan, reports.counter(aggregate, "bookings.created_covers"))
         finished_at = now()
@@ -731,11 +846,22 @@ def run_load(
             verification=verification,
             hot_slots=plan.hot,
             expect_rate_limit=options.probe_seconds > 0,
+            faults=faults,
+            restaurant_names=options.restaurant_names,
         )
         json_path, html_path = reports.write_report(report, options.report_dir, stem)
         print("", file=out)
         print(reports.render_table(report), file=out)
-        print(f"\n  report     {json_path}\n             {html_path}", file=out)
+        for fault in faults:
+            after = fault["recoveredAfterMs"]
+            print(
+                f"  fault      {fault['kind']} {fault['startedAt']} .. {fault['endedAt'] or 'never healed'}: "
+                + (
+                    f"bookings answered again {after} ms after" if after is not None else "no booking answered after it"
+                ),
+                file=out,
+            )
+        print(f"\n  report     {json_path}\n  html       {html_path}\n  history    {history_path}", file=out)
         if not options.keep:
             report["cleanup"] = _cleanup(options, run_id, out)
             cleaned = True

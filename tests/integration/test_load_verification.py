@@ -206,4 +206,9 @@ def test_only_the_runs_rows_and_events_count(three_bookings: Any, conn: Any) -> 
     # The other run's booking is no run's concern but still counts for the slot's capacity.
     assert next(s for s in verified.slots if s["time"] == "19:30")["confirmedCovers"] == 2
     assert next(s for s in verified.slots if s["time"] == "19:30")["byRun"] == 0
-    assert sum(sum(v for k, v in b.items() if k != "t") for b in verified.events_timeline) == 4
+    timeline = verified.events_timeline
+    assert sum(sum(v for k, v in b.items() if k.startswith("booking.")) for b in timeline) == 4
+    # booking requests and conflicts per bucket, counted as capacity.figures counts them
+    assert sum(b.get("requests", 0) for b in timeline) == 4
+    assert sum(b.get("conflicts", 0) for b in timeline) == 0
+    assert verified.conflicted_requests == 0

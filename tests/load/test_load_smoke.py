@@ -130,9 +130,14 @@ def test_a_rejected_service_key_is_a_one_line_error(api: str, seeded_db: str, tm
     assert not list(tmp_path.glob("*.json"))
 
 
-def test_demo_runs_end_to_end_and_stops_what_it_started(seeded_db: str, conn: Any, tmp_path: Path) -> None:
+def test_demo_runs_with_faults_on_its_own_database_and_stops_what_it_started(
+    seeded_db: str, conn: Any, tmp_path: Path
+) -> None:
+    """`capctl demo` (its default: db-crash, instance-kill and db-stall) passes on a fresh embedded
+    PostgreSQL of its own; the database DATABASE_URL names is left untouched."""
+    reports_dir = tmp_path / "reports"
     result = subprocess.run(
-        [sys.executable, "-m", "capctl.cli", "demo", "--smoke", "--report-dir", str(tmp_path / "reports")],
+        [sys.executable, "-m", "capctl.cli", "demo", "--smoke", "--report-dir", str(reports_dir)],
         env=capctl_env(seeded_db, CAPCTL_HOME=str(tmp_path / "capctl")),
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
     )  # fmt: skip
@@ -141,11 +146,27 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(seeded_db: str, conn: An
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     assert "load test PASSED" in out
     assert "== 6/6 delivered alerts" in out
-    report = only_report(tmp_path / "reports")
+    report = only_report(reports_dir)
     assert report["passed"] is True
-    # The synthetic bookings are gone; the seed's restaurants stay.
-    assert conn.execute("SELECT count(*) AS n FROM bookings WHERE source = 'load-test'").fetchone()["n"] == 0
-    assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 4  # test seed + load/seed.json
+    # Every fault was injected, healed, and bookings were answered again after it.
+    assert [f["kind"] for f in report["faults"]] == ["db-crash", "instance-kill", "db-stall"]
+    assert all(f["endedAt"] and f["recoveredAfterMs"] is not None for f in report["faults"])
+    assert report["verification"]["acknowledgedLost"] == 0
+    assert report["verification"]["cancellationsLost"] == 0
+    # DATABASE_URL's database got nothing: no seed, no booking, no event.
+    assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 1  # the test seed alone
+    assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM observability_events").fetchone()["n"] == 0
+    # The demo's own database was stopped and removed; its logs, report and dashboard stay.
+    home = re.search(r"fresh embedded PostgreSQL in (\S+) ", out)
+    assert home, out
+    assert not Path(home[1]).exists()
+    assert "stopped the embedded PostgreSQL this demo started" in out
+    logs = Path(re.search(r"^logs:\s+(\S+)$", out, re.MULTILINE)[1])  # type: ignore[index]
+    assert logs.parent == reports_dir.resolve()
+    assert "POST /bookings 201" in (logs / "serve.log").read_text()
+    dashboard = Path(re.search(r"^dashboard: (\S+)$", out, re.MULTILINE)[1])  # type: ignore[index]
+    assert dashboard.exists() and "data-chart" in dashboard.read_text()
     # Every server the demo started is stopped: its ports no longer answer.
     urls = re.findall(r"(?:moto server|webhook sink|^  ) ?(http://127\.0\.0\.1:\d+)", out, re.MULTILINE)
     assert len(urls) >= 3, out
@@ -153,17 +174,3 @@ def test_demo_runs_end_to_end_and_stops_what_it_started(seeded_db: str, conn: An
         host, port = url.removeprefix("http://").split(":")
         with pytest.raises(OSError):
             socket.create_connection((host, int(port)), timeout=2).close()
-
-
-def test_demo_on_the_embedded_default_stops_the_server_it_started(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAD_TEST_", "ALERT", "DATABASE_URL"))}
-    env.update({"CAPCTL_HOME": str(tmp_path / "capctl"), "POWERTOOLS_TRACE_DISABLED": "1"})
-    result = subprocess.run(
-        [sys.executable, "-m", "capctl.cli", "demo", "--smoke", "--report-dir", str(tmp_path / "reports")],
-        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "embedded PostgreSQL" in result.stdout
-    assert "stopped the embedded PostgreSQL this demo started" in result.stdout
-    assert not (tmp_path / "capctl" / "pgdata" / "postmaster.pid").exists()
-    assert only_report(tmp_path / "reports")["passed"] is True

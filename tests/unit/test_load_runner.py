@@ -350,3 +350,38 @@ def test_progress_condenses_each_period_to_one_line() -> None:
         "  ensure fail: http.response_time.p99 < 10",
     ]
     assert len(progress.lines) == len(ARTILLERY_STDOUT.splitlines())
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_faults_are_refused_against_a_remote_target(artillery_bin: str) -> None:
+    env = {**GOOD_ENV, "ARTILLERY_BIN": artillery_bin, "LOAD_TEST_BASE_URL": "https://api.example.com"}
+    with pytest.raises(UserError, match="refused with --allow-remote"):
+        options(env, allow_remote=True, faults="db-crash")
+    local = {**GOOD_ENV, "ARTILLERY_BIN": artillery_bin}
+    with pytest.raises(UserError, match="refused with --allow-remote"):
+        options(local, allow_remote=True, faults="instance-kill")
+
+
+def test_faults_must_be_known_and_need_the_database(artillery_bin: str) -> None:
+    env = {**GOOD_ENV, "ARTILLERY_BIN": artillery_bin}
+    with pytest.raises(UserError, match="unknown fault 'disk-full'"):
+        options(env, faults="db-crash,disk-full")
+    with pytest.raises(UserError, match="needs one or more"):
+        options(env, faults=" , ")
+    with pytest.raises(UserError, match="needs database access"):
+        options(env, faults="db-stall")  # --no-db
+    assert options(env).faults == []
+
+
+def test_faults_are_spread_over_the_contention_phase_and_end_before_the_run() -> None:
+    from capctl import faults
+
+    phases = [("warm-up", 10.0), ("ramp", 15.0), ("contention", 20.0), ("duplicates", 10.0), ("spread", 15.0)]
+    offsets = faults.schedule(["db-crash", "instance-kill", "db-stall"], phases)
+    assert offsets == sorted(offsets)
+    assert all(25 <= o < 45 for o in offsets)
+    smoke = faults.schedule(["db-crash"], [("warm-up", 3.0), ("spread", 3.0)])
+    assert smoke and 0 < smoke[0] < 6 - 1
+    assert faults.scenario_phases(load_test.resolve_path(load_test.SMOKE_SCENARIO))[1] == ("contention", 5.0)

@@ -45,6 +45,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 REFRESH_S = 5
 DEFAULT_LOOKBACK = dt.timedelta(hours=12)  # the CloudWatch dashboard's "start": "-PT12H"
 MAX_LOOKBACK = dt.timedelta(days=31)  # the roll-up's longest window
+MIN_RANGE = dt.timedelta(minutes=2)
 MAX_POINTS = 180  # per chart: the step grows with the time range
 STEPS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 ROLLUP_EVERY_S = 15  # live mode re-runs the roll-up at most this often
@@ -134,13 +135,30 @@ class EmfRecord:
 _KNOWN_METRICS = {m.value: m for m in MetricName}
 
 
-def parse_emf_line(line: str) -> EmfRecord | None:
-    """One EMF record of a log line, or None (other log lines, lines cut by a concurrent write)."""
-    if '"_aws"' not in line:
-        return None
-    start = line.find("{")
+_DECODER = json.JSONDecoder()
+_EMF_START = '{"_aws"'
+
+
+def parse_emf_line(line: str) -> list[EmfRecord]:
+    """The EMF records of one log line: none for other log lines, and several when instances
+    writing to one log at once put two records on a line; a record cut short is skipped."""
+    records = []
+    start = line.find(_EMF_START)
+    while start >= 0:
+        try:
+            blob, end = _DECODER.raw_decode(line, start)
+        except ValueError:
+            end = start + 1
+        else:
+            record = _emf_record(blob)
+            if record is not None:
+                records.append(record)
+        start = line.find(_EMF_START, end)
+    return records
+
+
+def _emf_record(blob: Any) -> EmfRecord | None:
     try:
-        blob = json.loads(line[start:])
         directives = blob["_aws"]["CloudWatchMetrics"]
         at = float(blob["_aws"]["Timestamp"]) / 1000
     except (ValueError, KeyError, TypeError):
@@ -188,9 +206,7 @@ class EmfLog:
         complete = chunk.rfind(b"\n") + 1  # a line still being written is read next time
         self.offset += complete
         for raw in chunk[:complete].splitlines():
-            record = parse_emf_line(raw.decode("utf-8", errors="replace"))
-            if record is not None:
-                self.records.append(record)
+            self.records.extend(parse_emf_line(raw.decode("utf-8", errors="replace")))
         return self.records
 
 
@@ -448,7 +464,9 @@ def _first_datum(
     if not candidates:
         return now - dt.timedelta(hours=1)
     first: dt.datetime = min(candidates)
-    return max(since, min(first - dt.timedelta(minutes=1), now - dt.timedelta(minutes=5)))
+    # A margin before the first datum, and at least MIN_RANGE, so a short run fills the charts.
+    margin = max((now - first) / 10, dt.timedelta(seconds=15))
+    return max(since, min(first - margin, now - MIN_RANGE))
 
 
 # ---------------------------------------------------------------- charts

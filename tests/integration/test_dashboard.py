@@ -84,7 +84,8 @@ def emf_line(at: dt.datetime, environment: str = "test", **metrics: float) -> st
 
 def write_emf_log(path: Path) -> Path:
     """Four live requests (3 successes, one conflicted), latencies 10..40 ms; one synthetic;
-    the other lines a serve log holds (access lines, Powertools logs, a line cut short)."""
+    the other lines a serve log holds (access lines, Powertools logs, two records on one line,
+    a record cut short)."""
     lines = ["capctl serve: POST /bookings 201 12.0ms instance=1 request=abc", '{"level":"INFO","message":"x"}']
     for i, latency in enumerate((10.0, 20.0, 30.0, 40.0)):
         success = 1.0 if i < 3 else 0.0
@@ -101,7 +102,8 @@ def write_emf_log(path: Path) -> Path:
                 SlotUtilization=25.0 * (i + 1),
             )
         )
-    lines.append(emf_line(EARLIER, environment="test-load-test", BookingRequests=1, BookingSuccess=1))
+    # instances writing to one log at once can put two records on one line
+    lines[-1] += emf_line(EARLIER, environment="test-load-test", BookingRequests=1, BookingSuccess=1)
     lines.append(emf_line(EARLIER, BookingRequests=1)[:40])  # cut by a concurrent write
     path.write_text("\n".join(lines) + "\n")
     return path

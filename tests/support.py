@@ -2,36 +2,54 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import multiprocessing
+import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from capctl.apigw import LambdaContext, rest_event
 from capctl.handlers import load_handler
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # A restaurant every integration test can book: 17:00-22:00 daily, 20 covers, 15-minute slots.
+# Its seed is the one `sam local invoke` users load (tests/fixtures/events-seed.json), whose
+# dates are fixed around FIXTURE_DATE; the tests move them to FUTURE_DATE, a Friday two months
+# ahead of today, so the suite never books a slot that has passed (past slots are refused).
 RESTAURANT_ID = "11111111-2222-4333-8444-555555555555"
-FUTURE_DATE = "2030-06-14"  # a Friday, well in the future
-BASE_SEED: dict[str, Any] = {
-    "restaurants": [
-        {
-            "id": RESTAURANT_ID,
-            "name": "Test Trattoria",
-            "timezone": "Europe/London",
-            "slotMinutes": 15,
-            "maxPartySize": 12,
-            "weekly": [{"weekdays": [1, 2, 3, 4, 5, 6, 7], "start": "17:00", "end": "22:00", "maxCovers": 20}],
-            "overrides": [
-                {"date": "2030-06-15", "start": "18:00", "end": "20:00", "maxCovers": 4, "reason": "private event"},
-                {"date": "2030-06-16", "maxCovers": 0, "reason": "closed"},
-                {"date": "2030-06-17", "maxCovers": None, "reason": "no limit"},
-            ],
-        }
-    ]
-}
+FIXTURE_DATE = dt.date(2030, 6, 14)  # the Friday the fixture files are written around
+_FIXTURE_DAY = re.compile(r"2030-06-1[0-9]")
+
+
+def _friday_from(day: dt.date) -> dt.date:
+    return day + dt.timedelta(days=(4 - day.weekday()) % 7)
+
+
+FUTURE = _friday_from(dt.date.today() + dt.timedelta(days=60))
+FUTURE_DATE = FUTURE.isoformat()
+
+
+def future_day(offset: int) -> str:
+    """FUTURE_DATE + offset days, as YYYY-MM-DD."""
+    return (FUTURE + dt.timedelta(days=offset)).isoformat()
+
+
+PRIVATE_EVENT_DATE = future_day(1)  # an 18:00-20:00 override of 4 covers ("private event")
+CLOSED_DATE = future_day(2)  # a whole-date override of 0 covers
+UNLIMITED_DATE = future_day(3)  # a whole-date override with no limit
+
+
+def relative_dates(text: str) -> str:
+    """A fixture's text with its dates moved from around FIXTURE_DATE to around FUTURE_DATE."""
+    return _FIXTURE_DAY.sub(lambda m: future_day((dt.date.fromisoformat(m.group()) - FIXTURE_DATE).days), text)
+
+
+BASE_SEED: dict[str, Any] = json.loads(relative_dates((ROOT / "tests" / "fixtures" / "events-seed.json").read_text()))
 
 
 def booking_body(**overrides: Any) -> dict[str, Any]:

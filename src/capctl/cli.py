@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ _MODULE_COMMANDS = [
     ("demo", "capctl.demo", "the whole main job on the embedded default, end to end"),
     ("cleanup", "capctl.cleanup", "remove synthetic bookings and free their capacity"),
     ("dashboard", "capctl.dashboard", "the observability dashboard of the local stack, live or as one HTML file"),
+    ("verify", "capctl.verify", "reconcile every booked slot; exit 1 when any is overbooked"),
     ("slot", "capctl.slot", "one slot's forensics (show) or stop its bleeding (close)"),
 ]
 
@@ -65,38 +65,32 @@ def _db_down(args: argparse.Namespace) -> int:
 
 def _seed(args: argparse.Namespace) -> int:
     from capctl import database
-    from capctl.seed import apply_seed, load_seed
+    from capctl.seed import BelowBookings, apply_seed, load_seed
 
     seed = load_seed(Path(args.file))
-    with database.connection() as conn:
-        counts = apply_seed(conn, seed)
-    print(
-        f"seeded {counts['restaurants']} restaurants, {counts['weekly']} weekly rules, {counts['overrides']} overrides"
-    )
-    return 0
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from capacity.reconcile import over_capacity, slot_states
-    from capctl import database
-
-    with database.connection() as conn:
-        states = slot_states(conn)
-    over = over_capacity(states)
-    if args.json:
-        print(
-            json.dumps(
-                {"slots": len(states), "overCapacitySlots": [s.as_json() for s in over], "passed": not over}, indent=2
-            )
-        )
-    else:
-        print(f"reconciled {len(states)} slots with confirmed bookings: {len(over)} over capacity")
-        for s in over:
+    try:
+        with database.connection() as conn:
+            result = apply_seed(conn, seed, actor=args.actor, allow_below_bookings=args.allow_below_bookings)
+    except BelowBookings as exc:
+        for s in exc.slots:
             print(
-                f"OVER CAPACITY {s.restaurant_id} {s.date} {s.time:%H:%M}: "
-                f"{s.confirmed_covers} covers confirmed, max {s.max_covers}"
+                f"capctl: refused: restaurant {s.restaurant_id} {s.date} {s.time:%H:%M}: "
+                f"{s.confirmed_covers} covers confirmed, new capacity {s.max_covers}",
+                file=sys.stderr,
             )
-    return 1 if over else 0
+        print(
+            f"capctl: nothing was changed: {len(exc.slots)} future slot(s) would fall below their confirmed covers; "
+            "move those bookings first, or pass --allow-below-bookings to apply it anyway (alerts will warn)",
+            file=sys.stderr,
+        )
+        return 1
+    print(result.describe())
+    for s in result.below_bookings:
+        print(
+            f"warning: restaurant {s.restaurant_id} {s.date} {s.time:%H:%M}: {s.confirmed_covers} covers confirmed, "
+            f"capacity now {s.max_covers}: move guests (capctl slot show {s.restaurant_id} {s.date} {s.time:%H:%M})"
+        )
+    return 0
 
 
 def _openapi(args: argparse.Namespace) -> int:
@@ -122,12 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("down", help="stop the embedded PostgreSQL that `db up` started").set_defaults(func=_db_down)
 
     seed = sub.add_parser("seed", help="load restaurants, weekly rules and overrides from a JSON file")
-    seed.add_argument("file", metavar="FILE.json")
+    seed.add_argument("file", metavar="FILE.json", help="the seed file: restaurants, weekly rules, overrides")
+    seed.add_argument(
+        "--actor", help="who makes this change, recorded in capacity_changes (default: your OS user name)"
+    )
+    seed.add_argument(
+        "--allow-below-bookings",
+        action="store_true",
+        help="apply a change even if it lowers a future slot below its confirmed covers (it is recorded and alerted)",
+    )
     seed.set_defaults(func=_seed)
-
-    verify = sub.add_parser("verify", help="reconcile every slot; exit 1 when any is over capacity")
-    verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    verify.set_defaults(func=_verify)
 
     openapi = sub.add_parser("openapi", help="write (or --check) docs/openapi.json from the handler's models")
     openapi.add_argument("--path", default="docs/openapi.json")
@@ -156,18 +154,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from capctl.database import redact  # an error line never shows a database password
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
     except UserError as exc:
-        print(f"capctl: error: {exc}", file=sys.stderr)
+        print(f"capctl: error: {redact(str(exc))}", file=sys.stderr)
         return exc.code
     except psycopg.errors.UndefinedTable:
         print("capctl: error: the database has no capacity schema: run `capctl db migrate`", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"capctl: error: database: {_first_line(exc)}", file=sys.stderr)
+        print(f"capctl: error: database: {redact(_first_line(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""

@@ -76,8 +76,9 @@ class TestOverbooking:
             "alertType": "overbooking",
         }
         assert f"Restaurant: Test Trattoria ({RESTAURANT_ID})" in message["message"]
-        assert "Confirmed covers: 24 of max 20 (4 over), in 6 bookings" in message["message"]
-        assert "Runbook: docs/capacity/testing-and-monitoring.md#runbook" in message["message"]
+        assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over), in 6 bookings" in message["message"]
+        assert f"Next: capctl slot show {RESTAURANT_ID} {slot}" in message["message"]
+        assert "Runbook: docs/capacity/runbook.md#overbooking" in message["message"]
         for personal in GUEST.values():
             assert personal not in message["message"] and personal not in message["subject"]
         [event] = detected_events(conn)
@@ -110,7 +111,7 @@ class TestOverbooking:
         assert (cleared.resolved, cleared.sent) == (1, 1)
         [resolved] = topic.messages()
         assert resolved["subject"] == f"[RESOLVED] Overbooked slot {slot} - Test Trattoria (test)"
-        assert "Confirmed covers: 20 of max 20, in 5 bookings" in resolved["message"]
+        assert "Confirmed covers now: 20 (capacity 20): the slot is within its capacity" in resolved["message"]
         assert [r["status"] for r in alert_rows(conn)] == ["resolved"]
         assert [(d["notice"], d["status"]) for d in delivery_rows(conn)] == [("opened", "sent"), ("resolved", "sent")]
 
@@ -161,7 +162,7 @@ class TestOverbooking:
         conn.execute("UPDATE bookings SET status = 'cancelled' WHERE id = ANY(%s::uuid[])", (ids,))
         assert check(conn, config).resolved == 1
         resolved = topic.messages()[-1]
-        assert "Confirmed covers: 0 of max 20, in 0 bookings" in resolved["message"]
+        assert "Confirmed covers now: 0 (capacity 20): the slot is within its capacity" in resolved["message"]
 
 
 # -- rates -------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class TestDelivery:
         [payload] = webhook.received
         assert payload["text"].startswith("[CRITICAL] Overbooked slot")
         assert payload["blocks"][0]["type"] == "header"
-        assert "Confirmed covers: 24 of max 20" in payload["blocks"][1]["text"]["text"]
+        assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over)" in payload["blocks"][1]["text"]["text"]
         for personal in GUEST.values():
             assert personal not in json.dumps(payload)
         assert topic.messages() == []  # SNS got it once, on the first run

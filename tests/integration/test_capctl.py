@@ -15,7 +15,7 @@ import pytest
 from capctl import cli
 from capctl.migrate import migrate
 from capctl.openapi import generate
-from tests.support import BASE_SEED, FUTURE_DATE, RESTAURANT_ID
+from tests.support import BASE_SEED, CLOSED_DATE, FUTURE_DATE, RESTAURANT_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,8 @@ class TestSeed:
         changed["restaurants"][0]["name"] = "Renamed"
         changed["restaurants"][0]["overrides"] = changed["restaurants"][0]["overrides"][:1]
         code, out, _ = run(capsys, "seed", write_seed(tmp_path, changed))
-        assert code == 0 and out == "seeded 1 restaurants, 7 weekly rules, 1 overrides\n"
+        # the name is not capacity; two overrides deleted are
+        assert code == 0 and out == "seeded 1 restaurant, 7 weekly rules, 1 override: 2 capacity changes recorded\n"
         assert conn.execute("SELECT name FROM restaurants").fetchall() == [{"name": "Renamed"}]
         assert conn.execute("SELECT count(*) AS n FROM weekly_rules").fetchone()["n"] == 7
         assert conn.execute("SELECT count(*) AS n FROM capacity_overrides").fetchone()["n"] == 1
@@ -124,7 +125,7 @@ class TestSeed:
         [
             ("{nope", "not valid JSON"),
             ({"restaurants": []}, "restaurants: List should have at least 1 item"),
-            ({"restaurants": [{"id": "x", "name": "A"}]}, "restaurants.0.id"),
+            ({"restaurants": [{"id": "x", "name": "A"}]}, "$.restaurants[0].id: Input should be a valid UUID"),
             ({"restaurants": [{"id": RESTAURANT_ID, "name": "A", "timezone": "Mars/Olympus"}]}, "unknown time zone"),
             ({"restaurants": [{"id": RESTAURANT_ID, "name": "A", "slotMinutes": 7}]}, "slotMinutes"),
             (
@@ -137,7 +138,7 @@ class TestSeed:
                         }
                     ]
                 },
-                "weekdays.0",
+                "$.restaurants[0].weekly[0].weekdays[0]: Input should be less than or equal to 7",
             ),
             (
                 {
@@ -194,7 +195,10 @@ class TestVerify:
         seed(BASE_SEED)
         self.plant(conn, [10, 10])
         code, out, _ = run(capsys, "verify")
-        assert code == 0 and out == "reconciled 1 slots with confirmed bookings: 0 over capacity\n"
+        assert code == 0
+        assert (
+            out == "reconciled 1 slot with confirmed bookings: 0 overbooked, 0 below bookings after a capacity change\n"
+        )
 
     def test_verify_catches_a_slot_planted_over_capacity(self, on_db, conn, seed, capsys):
         seed(BASE_SEED)
@@ -202,20 +206,32 @@ class TestVerify:
         self.plant(conn, [4], time="18:00")
         code, out, _ = run(capsys, "verify")
         assert code == 1
-        assert f"OVER CAPACITY {RESTAURANT_ID} {FUTURE_DATE} 19:00: 21 covers confirmed, max 20" in out
+        assert (
+            f"OVERBOOKED Test Trattoria ({RESTAURANT_ID}) {FUTURE_DATE} 19:00: 21 covers confirmed, "
+            "accepted under max 20 (1 over) in 2 bookings - guard failure" in out
+        )
+        assert f"  next: capctl slot show {RESTAURANT_ID} {FUTURE_DATE} 19:00\n" in out
         code, out, _ = run(capsys, "verify", "--json")
         report = json.loads(out)
         assert code == 1 and report["passed"] is False and report["slots"] == 2
+        ids = [
+            r["id"]
+            for r in conn.execute("SELECT id::text FROM bookings WHERE booking_time = '19:00' ORDER BY created_at, id")
+        ]
         assert report["overCapacitySlots"] == [
             {
                 "restaurantId": RESTAURANT_ID,
                 "date": FUTURE_DATE,
                 "time": "19:00",
                 "maxCovers": 20,
+                "acceptedMaxCovers": 20,
                 "confirmedCovers": 21,
                 "bookings": 2,
+                "bookingIds": ids,
+                "command": f"capctl slot show {RESTAURANT_ID} {FUTURE_DATE} 19:00",
             }
         ]
+        assert report["belowBookingsSlots"] == []
 
     def test_cancelled_bookings_do_not_count_and_closed_slots_hold_none(self, on_db, conn, seed, capsys):
         seed(BASE_SEED)
@@ -224,11 +240,11 @@ class TestVerify:
         assert run(capsys, "verify")[0] == 0
         conn.execute(
             "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source) "
-            "VALUES (gen_random_uuid(), %s, '2030-06-16', '19:00', 1, 'confirmed', 'api')",
-            (RESTAURANT_ID,),
+            "VALUES (gen_random_uuid(), %s, %s, '19:00', 1, 'confirmed', 'api')",
+            (RESTAURANT_ID, CLOSED_DATE),
         )
         code, out, _ = run(capsys, "verify")
-        assert code == 1 and "2030-06-16 19:00: 1 covers confirmed, max 0" in out
+        assert code == 1 and f"{CLOSED_DATE} 19:00: 1 covers confirmed, accepted under max 0 (1 over)" in out
 
 
 class TestEmbeddedServer:
@@ -243,7 +259,7 @@ class TestEmbeddedServer:
             verify = subprocess.run(
                 [*capctl, "verify"], env=env, capture_output=True, text=True, timeout=60, check=False
             )
-            assert verify.returncode == 0 and "0 over capacity" in verify.stdout
+            assert verify.returncode == 0 and "0 overbooked" in verify.stdout
             again = subprocess.run(
                 [*capctl, "db", "up"], env=env, capture_output=True, text=True, timeout=60, check=False
             )

@@ -14,7 +14,7 @@ import pytest
 
 from capctl.apigw import RESOURCES
 from capctl.seed import SeedFile
-from tests.support import BASE_SEED, FUTURE_DATE, RESTAURANT_ID, invoke
+from tests.support import BASE_SEED, FUTURE_DATE, PRIVATE_EVENT_DATE, RESTAURANT_ID, invoke, relative_dates
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,9 @@ EXPECTED_STATUS = {
 
 
 def load_event(name: str, booking_id: str | None = None) -> dict[str, Any]:
-    event = json.loads((EVENTS / f"{name}.json").read_text())
+    # The files book fixed dates around FIXTURE_DATE; a slot that has passed is refused, so the
+    # tests move them ahead of today as a user would edit them.
+    event = json.loads(relative_dates((EVENTS / f"{name}.json").read_text()))
     if booking_id is not None:
         return with_booking_id(event, booking_id)
     return event
@@ -81,10 +83,12 @@ def test_the_events_cover_every_route():
     }
 
 
-def test_events_seed_file_is_the_test_seed():
+def test_events_seed_file_is_the_test_seed_on_other_dates():
     seed = json.loads((ROOT / "tests" / "fixtures" / "events-seed.json").read_text())
-    assert seed == BASE_SEED
-    SeedFile.model_validate(seed)
+    assert json.loads(relative_dates(json.dumps(seed))) == BASE_SEED
+    assert [o["date"] for o in seed["restaurants"][0]["overrides"]] == ["2030-06-15", "2030-06-16", "2030-06-17"]
+    # the fixture's dates stay bookable for `sam local invoke` until they pass
+    assert SeedFile.model_validate(seed).restaurants[0].booking_horizon_days == 3660
 
 
 @pytest.mark.parametrize("name", API_EVENTS)
@@ -108,7 +112,7 @@ def test_event_is_a_rest_api_proxy_event_for_the_seeded_restaurant(name):
     if event["body"] is not None:
         body = json.loads(event["body"])
         assert body["restaurantId"] == RESTAURANT_ID
-        assert body["date"] in {FUTURE_DATE, "2030-06-15"}
+        assert body["date"] in {FUTURE_DATE, PRIVATE_EVENT_DATE}
 
 
 def test_create_booking_books_and_stores_the_row(booking_app, conn):
@@ -148,11 +152,11 @@ def test_full_slot_answers_409_capacity_exceeded_with_alternatives(booking_app, 
     assert status == EXPECTED_STATUS["create_booking_full"], body
     assert headers["Content-Type"] == "application/problem+json"
     assert body["code"] == "capacity_exceeded"
-    # The 18:00-20:00 override of 2030-06-15 holds 4 covers; the event asks for 6.
+    # The 18:00-20:00 override of PRIVATE_EVENT_DATE holds 4 covers; the event asks for 6.
     assert (body["requested"], body["remainingCovers"]) == (6, 4)
     assert 1 <= len(body["alternatives"]) <= 5
     for alternative in body["alternatives"]:
-        assert alternative["date"] == "2030-06-15"
+        assert alternative["date"] == PRIVATE_EVENT_DATE
         assert alternative["remainingCovers"] is None or alternative["remainingCovers"] >= 6
     assert count(conn, "SELECT count(*) AS n FROM bookings") == 0
     events = conn.execute("SELECT event_type FROM observability_events").fetchall()

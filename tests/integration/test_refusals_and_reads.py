@@ -8,11 +8,24 @@ import datetime as dt
 import json
 from collections import Counter
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from capctl.apigw import rest_event
-from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event, with_header
+from tests.support import (
+    CLOSED_DATE,
+    FUTURE,
+    FUTURE_DATE,
+    PRIVATE_EVENT_DATE,
+    RESTAURANT_ID,
+    UNLIMITED_DATE,
+    booking_body,
+    future_day,
+    invoke,
+    post_booking_event,
+    with_header,
+)
 
 
 def events(conn: Any) -> Counter[str]:
@@ -55,11 +68,11 @@ class TestRefusedBeforeTheWrite:
         _, _, body = invoke(booking_app, post_booking_event(booking_body(partySize=13)))
         assert body["errors"] == [{"field": "partySize", "message": "must be at most 12 for this restaurant"}]
 
-    def test_a_body_that_is_not_json_is_malformed(self, booking_app):
+    def test_a_body_declared_as_another_media_type_is_415(self, booking_app):
         event = post_booking_event(booking_body())
         with_header(event, "Content-Type", "text/plain")
         status, headers, body = invoke(booking_app, event)
-        assert (status, body["code"]) == (400, "malformed_request")
+        assert (status, body["code"]) == (415, "unsupported_media_type")
         assert headers["Content-Type"] == "application/problem+json"
 
     def test_a_body_that_is_not_utf8_is_malformed(self, booking_app, conn):
@@ -110,7 +123,7 @@ class TestRefusedBeforeTheWrite:
 
 class TestSlotRefusals:
     def test_closed_date_is_slot_closed_and_records_capacity_exceeded(self, booking_app, conn):
-        status, _, body = invoke(booking_app, post_booking_event(booking_body(date="2030-06-16")))
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date=CLOSED_DATE)))
         assert (status, body["code"]) == (409, "slot_closed") and body["alternatives"] == []
         row = conn.execute("SELECT event_type, metadata FROM observability_events").fetchone()
         assert row["event_type"] == "booking.capacity_exceeded" and row["metadata"]["reason"] == "closed"
@@ -122,16 +135,16 @@ class TestSlotRefusals:
 
     def test_ranged_override_capacity_is_enforced(self, booking_app):
         ok = invoke(
-            booking_app, post_booking_event(booking_body(date="2030-06-15", time="18:30", partySize=4), key="a")
+            booking_app, post_booking_event(booking_body(date=PRIVATE_EVENT_DATE, time="18:30", partySize=4), key="a")
         )
         assert ok[0] == 201 and ok[2]["capacity"] == {"maxCovers": 4, "bookedCovers": 4, "remainingCovers": 0}
-        full = invoke(booking_app, post_booking_event(booking_body(date="2030-06-15", time="18:30"), key="b"))
+        full = invoke(booking_app, post_booking_event(booking_body(date=PRIVATE_EVENT_DATE, time="18:30"), key="b"))
         assert full[0] == 409 and full[2]["remainingCovers"] == 0
         # the nearest alternatives are other override slots (4 covers each) before weekly ones
-        assert full[2]["alternatives"][0] == {"date": "2030-06-15", "time": "18:15", "remainingCovers": 4}
+        assert full[2]["alternatives"][0] == {"date": PRIVATE_EVENT_DATE, "time": "18:15", "remainingCovers": 4}
 
     def test_unlimited_slot_books_with_null_capacity(self, booking_app):
-        status, _, body = invoke(booking_app, post_booking_event(booking_body(date="2030-06-17", partySize=12)))
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date=UNLIMITED_DATE, partySize=12)))
         assert status == 201
         assert body["capacity"] == {"maxCovers": None, "bookedCovers": 12, "remainingCovers": None}
 
@@ -150,19 +163,24 @@ class TestReads:
 
     def test_availability_leaves_out_slots_that_have_begun(self, booking_app, monkeypatch):
         # 19:05 in London (BST) on the booked date: 19:00 has begun, 19:15 has not
-        monkeypatch.setattr(booking_app.service, "_now", lambda: dt.datetime(2030, 6, 14, 18, 5, tzinfo=dt.UTC))
+        moment = dt.datetime.combine(FUTURE, dt.time(19, 5), tzinfo=ZoneInfo("Europe/London"))
+        monkeypatch.setattr(booking_app.service, "_now", lambda: moment)
         today = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": FUTURE_DATE}))
         assert [s["time"] for s in today[2]["slots"]][:2] == ["19:15", "19:30"] and len(today[2]["slots"]) == 11
         # what it lists is exactly what can be booked
         assert invoke(booking_app, post_booking_event(booking_body(time="19:00"), key="begun"))[0] == 422
         assert invoke(booking_app, post_booking_event(booking_body(time="19:15"), key="next"))[0] == 201
-        yesterday = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-13"}))
+        yesterday = invoke(
+            booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": future_day(-1)})
+        )
         assert yesterday[0] == 200 and yesterday[2]["slots"] == []
 
     def test_availability_of_a_closed_or_unlimited_date(self, booking_app):
-        closed = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-16"}))
+        closed = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": CLOSED_DATE}))
         assert closed[0] == 200 and closed[2]["slots"] == []
-        unlimited = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": "2030-06-17"}))
+        unlimited = invoke(
+            booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query={"date": UNLIMITED_DATE})
+        )
         assert len(unlimited[2]["slots"]) == 96 and unlimited[2]["slots"][0]["maxCovers"] is None
 
     @pytest.mark.parametrize(
@@ -171,7 +189,12 @@ class TestReads:
             (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "tomorrow"}, 422, "validation_error"),
             (f"/restaurants/{RESTAURANT_ID}/availability", {}, 422, "validation_error"),
             (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "1798156800"}, 422, "validation_error"),
-            (f"/restaurants/{RESTAURANT_ID}/availability", {"date": "2030-06-14T00:00:00"}, 422, "validation_error"),
+            (
+                f"/restaurants/{RESTAURANT_ID}/availability",
+                {"date": f"{FUTURE_DATE}T00:00:00"},
+                422,
+                "validation_error",
+            ),
             (
                 "/restaurants/00000000-0000-4000-8000-000000000000/availability",
                 {"date": FUTURE_DATE},
@@ -247,7 +270,7 @@ class TestObservability:
         ]
 
     def test_refusal_metrics(self, booking_app, capsys):
-        invoke(booking_app, post_booking_event(booking_body(date="2030-06-16")))
+        invoke(booking_app, post_booking_event(booking_body(date=CLOSED_DATE)))
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]
         assert emf["BookingCapacityExceeded"] == [1.0] and emf["BookingSlotClosed"] == [1.0]
         assert "BookingSuccess" not in emf

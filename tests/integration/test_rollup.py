@@ -13,7 +13,7 @@ import pytest
 from capacity import rollup
 from capacity.rollup import run_rollup
 from tests.alerting import OTHER_ID, insert_booking, insert_event
-from tests.support import RESTAURANT_ID
+from tests.support import RESTAURANT_ID, UNLIMITED_DATE
 
 # Friday 2030-06-14, 19:30 UTC = 20:30 in London (BST). With 3 hours the window is
 # [16:00, 20:00) UTC: London slots 17:00-20:45 local, four 20-cover slots per hour.
@@ -107,9 +107,10 @@ class TestFigures:
         assert (summary.live.rows, summary.live.changed, summary.live.removed) == (4, 4, 0)
 
     def test_hours_without_finite_capacity_have_no_utilization(self, seeded_db, conn):
-        # 2030-06-17 has a whole-day "no limit" override: nothing to divide by.
-        insert_event(conn, "booking.success", at=dt.datetime(2030, 6, 17, 18, 5, tzinfo=dt.UTC), count=2)
-        run_rollup(conn, hours=1, now=dt.datetime(2030, 6, 17, 18, 30, tzinfo=dt.UTC))
+        # UNLIMITED_DATE has a whole-day "no limit" override: nothing to divide by.
+        day = dt.date.fromisoformat(UNLIMITED_DATE)
+        insert_event(conn, "booking.success", at=dt.datetime.combine(day, dt.time(18, 5), tzinfo=dt.UTC), count=2)
+        run_rollup(conn, hours=1, now=dt.datetime.combine(day, dt.time(18, 30), tzinfo=dt.UTC))
         [only] = rows(conn)
         assert (only["requests"], only["capacity_covers"], only["utilization"]) == (2, 0, None)
         assert only["success_rate"] == Decimal("1.000000")

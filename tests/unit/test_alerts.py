@@ -19,7 +19,7 @@ from capacity.alerts import (
     cleared_figures,
     conflict_rate_breached,
     notice_for,
-    overbooking_findings,
+    slot_findings,
     plan,
     rate_findings,
     retry_exhaustion_breached,
@@ -32,7 +32,7 @@ A = UUID("11111111-2222-4333-8444-555555555555")
 B = UUID("99999999-8888-4777-8666-555555555555")
 NOW = dt.datetime(2030, 6, 14, 19, 30, tzinfo=dt.UTC)
 COOLDOWN = dt.timedelta(minutes=60)
-SETTINGS = AlertSettings.from_env({"ENVIRONMENT": "test"})
+SETTINGS = AlertSettings.from_env({"ENVIRONMENT": "test", "RUNBOOK_URL": "https://runbooks.example/capacity"})
 
 
 class TestConflictRateThreshold:
@@ -100,18 +100,37 @@ class TestRateFindings:
         assert observed[IncidentKey(A, AlertKind.CONFLICT_RATE)]["conflictRate"] == 0.0
 
 
-class TestOverbookingFindings:
-    def test_only_slots_over_a_finite_capacity(self):
-        def state(time: str, max_covers: int | None, covers: int) -> SlotState:
-            return SlotState(A, dt.date(2030, 6, 14), dt.time.fromisoformat(time), max_covers, covers, 3)
+class TestSlotFindings:
+    @staticmethod
+    def state(time: str, max_covers: int | None, covers: int, accepted: int | None) -> SlotState:
+        return SlotState(A, dt.date(2030, 6, 14), dt.time.fromisoformat(time), max_covers, covers, 3, accepted)
 
-        states = [state("18:00", 20, 20), state("19:00", 20, 24), state("20:00", None, 500), state("21:00", 0, 2)]
-        findings = overbooking_findings(states, {A: "Alpha"})
-        assert [(f.key.incident, f.figures["confirmedCovers"], f.figures["maxCovers"]) for f in findings] == [
-            ("2030-06-14 19:00", 24, 20),
-            ("2030-06-14 21:00", 2, 0),
+    def test_overbooked_is_over_the_capacity_the_bookings_were_accepted_under(self):
+        state = self.state
+        states = [
+            state("18:00", 20, 20, 20),
+            state("19:00", 20, 24, 20),
+            state("20:00", None, 500, None),
+            state("21:00", 0, 2, 0),
+            state("21:15", 30, 24, 20),  # raised since: the guard never allowed 24
         ]
-        assert findings[0].severity.value == "critical"
+        findings = slot_findings(states, {A: {"name": "Alpha", "timezone": "Europe/London"}})
+        assert [
+            (f.key.kind, f.key.incident, f.figures["confirmedCovers"], f.figures["acceptedMaxCovers"]) for f in findings
+        ] == [
+            (AlertKind.OVERBOOKING, "2030-06-14 19:00", 24, 20),
+            (AlertKind.OVERBOOKING, "2030-06-14 21:00", 2, 0),
+            (AlertKind.OVERBOOKING, "2030-06-14 21:15", 24, 20),
+        ]
+        assert {f.severity.value for f in findings} == {"critical"}
+        assert findings[0].figures["command"] == f"capctl slot show {A} 2030-06-14 19:00"
+        assert findings[0].figures["timezone"] == "Europe/London"
+
+    def test_a_capacity_lowered_below_accepted_bookings_is_a_warning_not_an_overbooking(self):
+        findings = slot_findings([self.state("19:00", 10, 40, 40)], {A: {"name": "Alpha", "timezone": "UTC"}})
+        assert [(f.key.kind, f.severity.value, f.figures["maxCovers"]) for f in findings] == [
+            (AlertKind.CAPACITY_BELOW_BOOKINGS, "warning", 10)
+        ]
 
 
 def finding(
@@ -172,7 +191,7 @@ class TestStateMachine:
 
     def test_cleared_figures_without_a_current_observation(self):
         slot = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00"), dt.timedelta(0))
-        assert cleared_figures(slot, {}) | {} == {**slot.figures, "confirmedCovers": 0, "bookings": 0}
+        assert cleared_figures(slot, {}) | {} == {**slot.figures, "confirmedCovers": 0, "bookings": 0, "bookingIds": []}
         rate = OpenAlert(
             8,
             IncidentKey(A, AlertKind.CONFLICT_RATE),
@@ -203,7 +222,7 @@ class TestStateMachine:
             "opened_at": "2030-06-14T19:30:00Z",
             "at": "2030-06-14T19:30:00Z",
             "environment": "test",
-            "runbook_url": "docs/capacity/testing-and-monitoring.md#runbook",
+            "runbook_url": "https://runbooks.example/capacity#overbooking",
             "dashboard_url": None,
             "resolved_at": None,
         }

@@ -37,7 +37,17 @@ def notice(**overrides: Any) -> Notice:
         "restaurant_id": RID,
         "restaurant_name": "Test Trattoria",
         "incident_key": "2030-06-14 19:00",
-        "figures": {"date": "2030-06-14", "time": "19:00", "maxCovers": 20, "confirmedCovers": 24, "bookings": 6},
+        "figures": {
+            "date": "2030-06-14",
+            "time": "19:00",
+            "timezone": "Europe/London",
+            "maxCovers": 20,
+            "acceptedMaxCovers": 20,
+            "confirmedCovers": 24,
+            "bookings": 6,
+            "bookingIds": ["b1", "b2", "b3"],
+            "command": f"capctl slot show {RID} 2030-06-14 19:00",
+        },
         "opened_at": "2030-06-14T18:05:00Z",
         "at": "2030-06-14T18:05:00Z",
         "environment": "prod",
@@ -67,8 +77,13 @@ class TestWording:
             "CRITICAL: Overbooked slot 2030-06-14 19:00",
             "",
             f"Restaurant: Test Trattoria ({RID})",
-            "Slot: 2030-06-14 19:00 (restaurant local time)",
-            "Confirmed covers: 24 of max 20 (4 over), in 6 bookings",
+            "Slot: 2030-06-14 19:00 Europe/London (the restaurant's local time)",
+            "Confirmed covers: 24, accepted under a capacity of 20 (4 over), in 6 bookings",
+            "Capacity in force now: 20",
+            "The guard never lets a slot pass the capacity it checks: a booking got in around it (plain SQL, a bug). "
+            "Stop new bookings, then move guests.",
+            "Bookings: b1, b2, b3 (+3 more)",
+            f"Next: capctl slot show {RID} 2030-06-14 19:00",
             "Opened: 2030-06-14T18:05:00Z",
             "Environment: prod",
             "Alert: overbooking, severity critical",
@@ -82,14 +97,52 @@ class TestWording:
             notice(
                 notice="resolved",
                 resolved_at="2030-06-14T19:00:00Z",
-                figures={"maxCovers": 20, "confirmedCovers": 20, "bookings": 5},
+                figures={"maxCovers": 20, "confirmedCovers": 20, "bookings": 5, "bookingIds": ["b1"], "command": "cmd"},
             )
         )
         assert resolved.startswith("RESOLVED: Overbooked slot 2030-06-14 19:00 has cleared.")
         assert "Resolved: 2030-06-14T19:00:00Z" in resolved and "Dashboard" not in resolved
-        assert "Confirmed covers: 20 of max 20, in 5 bookings" in resolved
+        # plain words, the figures now, no raw JSON
+        assert "Confirmed covers now: 20 (capacity 20): the slot is within its capacity" in resolved
+        assert "{" not in resolved and "Bookings:" not in resolved
         reminder = body(notice(notice="reminder"))
         assert reminder.startswith("CRITICAL (still open since 2030-06-14T18:05:00Z): Overbooked slot")
+
+    def test_a_lowered_capacity_names_the_change_and_the_guests_to_move(self):
+        change = {
+            "changedAt": "2030-06-10T09:30:00Z",
+            "actor": "alice",
+            "summary": "override 2030-06-14 18:00-20:00: max covers 40 → 10",
+            "reason": "kitchen refit",
+        }
+        text = body(
+            notice(
+                alert_type="capacity_below_bookings",
+                severity="warning",
+                figures={
+                    "timezone": "Europe/London",
+                    "maxCovers": 10,
+                    "acceptedMaxCovers": 40,
+                    "confirmedCovers": 16,
+                    "bookings": 4,
+                    "bookingIds": ["b1", "b2", "b3", "b4"],
+                    "command": "capctl slot show R 2030-06-14 19:00",
+                    "change": change,
+                },
+            )
+        )
+        lines = text.splitlines()
+        assert lines[0] == "WARNING: Capacity lowered below bookings 2030-06-14 19:00"
+        assert "Capacity now: 10, below 16 covers confirmed in 4 bookings (accepted under 40)" in lines
+        assert (
+            "Nothing is broken: the capacity was lowered after these bookings were accepted. Guests to move: 6 covers."
+            in lines
+        )
+        assert (
+            "Changed: 2030-06-10 09:30 UTC by alice: override 2030-06-14 18:00-20:00: max covers 40 → 10 "
+            "(reason: kitchen refit)" in lines
+        )
+        assert "Bookings: b1, b2, b3, b4" in lines and "Next: capctl slot show R 2030-06-14 19:00" in lines
 
     def test_rate_alert_bodies(self):
         window = {"windowStart": "2030-06-14T17:05:00Z", "windowEnd": "2030-06-14T18:05:00Z"}

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from psycopg.types.json import Jsonb
 
+from capacity.changes import CapacityChange, change_behind
 from capacity.db import DictConnection
 from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL
 from capacity.notifiers import AlertKind, Channel, DeliveryError, Notice, NoticeType, Notifier
@@ -57,16 +58,29 @@ class Action(StrEnum):
 
 SEVERITY = {
     AlertKind.OVERBOOKING: Severity.CRITICAL,
+    AlertKind.CAPACITY_BELOW_BOOKINGS: Severity.WARNING,
     AlertKind.CONFLICT_RATE: Severity.WARNING,
     AlertKind.RETRY_EXHAUSTION: Severity.WARNING,
 }
+
+
+# Alerts about one slot (their incident is the slot); the others are per restaurant.
+SLOT_ALERTS = frozenset({AlertKind.OVERBOOKING, AlertKind.CAPACITY_BELOW_BOOKINGS})
+MAX_BOOKING_IDS = 20  # booking ids carried by a notice; `capctl slot show` lists them all
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class IncidentKey:
     restaurant_id: UUID
     kind: AlertKind
-    incident: str = ""  # the slot 'YYYY-MM-DD HH:MM' for overbooking
+    incident: str = ""  # the slot 'YYYY-MM-DD HH:MM' for the slot alerts, '' for the rate alerts
+
+    @property
+    def slot(self) -> tuple[dt.date, dt.time] | None:
+        if self.kind not in SLOT_ALERTS:
+            return None
+        date, time = self.incident.split(" ")
+        return dt.date.fromisoformat(date), dt.time.fromisoformat(time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,28 +233,58 @@ def slot_key(date: dt.date, time: dt.time) -> str:
     return f"{date.isoformat()} {time.strftime('%H:%M')}"
 
 
-def overbooking_findings(states: Iterable[SlotState], names: dict[UUID, str]) -> list[Finding]:
-    findings = []
-    for s in states:
-        if s.over_capacity:
-            findings.append(
-                Finding(
-                    IncidentKey(s.restaurant_id, AlertKind.OVERBOOKING, slot_key(s.date, s.time)),
-                    names.get(s.restaurant_id, ""),
-                    overbooking_figures(s),
-                )
-            )
-    return findings
+def slot_command(restaurant_id: UUID, date: dt.date, time: dt.time) -> str:
+    """The first command an operator runs for a slot an alert names."""
+    return f"capctl slot show {restaurant_id} {date.isoformat()} {time.strftime('%H:%M')}"
 
 
-def overbooking_figures(state: SlotState) -> dict[str, Any]:
-    return {
+def slot_alert_kind(state: SlotState) -> AlertKind | None:
+    if state.over_capacity:
+        return AlertKind.OVERBOOKING
+    if state.below_bookings:
+        return AlertKind.CAPACITY_BELOW_BOOKINGS
+    return None
+
+
+def slot_figures(state: SlotState, timezone: str = "", change: CapacityChange | None = None) -> dict[str, Any]:
+    figures: dict[str, Any] = {
         "date": state.date.isoformat(),
         "time": state.time.strftime("%H:%M"),
+        "timezone": timezone,
         "maxCovers": state.max_covers,
+        "acceptedMaxCovers": state.accepted_max_covers,
         "confirmedCovers": state.confirmed_covers,
         "bookings": state.bookings,
+        "bookingIds": [str(b) for b in state.booking_ids[-MAX_BOOKING_IDS:]],
+        "command": slot_command(state.restaurant_id, state.date, state.time),
     }
+    if change is not None:
+        figures["change"] = change.as_json()
+    return figures
+
+
+def slot_findings(
+    states: Iterable[SlotState],
+    restaurants: dict[UUID, dict[str, Any]],
+    changes: dict[tuple[UUID, dt.date, dt.time], CapacityChange | None] | None = None,
+) -> list[Finding]:
+    """An overbooked slot (critical) or a slot whose capacity was lowered below its bookings
+    (warning), never both."""
+    findings = []
+    for s in states:
+        kind = slot_alert_kind(s)
+        if kind is None:
+            continue
+        restaurant = restaurants.get(s.restaurant_id, {})
+        change = (changes or {}).get((s.restaurant_id, s.date, s.time))
+        findings.append(
+            Finding(
+                IncidentKey(s.restaurant_id, kind, slot_key(s.date, s.time)),
+                restaurant.get("name", ""),
+                slot_figures(s, restaurant.get("timezone", ""), change),
+            )
+        )
+    return findings
 
 
 def rate_figures(
@@ -302,9 +346,9 @@ def cleared_figures(alert: OpenAlert, observed: dict[IncidentKey, dict[str, Any]
     """Figures for a resolve notice: the current ones when known, else the last seen."""
     if alert.key in observed:
         return observed[alert.key]
-    if alert.key.kind is AlertKind.OVERBOOKING:
+    if alert.key.kind in SLOT_ALERTS:
         # Not among the slots holding confirmed bookings: nothing is booked there any more.
-        return {**alert.figures, "confirmedCovers": 0, "bookings": 0}
+        return {**alert.figures, "confirmedCovers": 0, "bookings": 0, "bookingIds": []}
     return {**alert.figures, "requests": 0, "conflicts": 0, "conflictRate": 0.0, "retryExhausted": 0}
 
 
@@ -353,10 +397,18 @@ def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime
         opened_at=_iso(transition.opened_at),
         at=_iso(now),
         environment=settings.environment,
-        runbook_url=settings.runbook_url,
+        runbook_url=runbook_link(settings.runbook_url, transition.key.kind),
         dashboard_url=settings.dashboard_url,
         resolved_at=_iso(now) if notice_type is NoticeType.RESOLVED else None,
     )
+
+
+def runbook_link(base: str | None, kind: AlertKind) -> str:
+    """The runbook section of this kind of alert: absolute when RUNBOOK_URL is set."""
+    anchor = kind.value.replace("_", "-")
+    if base is None:
+        return f"docs/capacity/runbook.md#{anchor} in the capacity engine repository (set RUNBOOK_URL for a link)"
+    return f"{base}#{anchor}"
 
 
 # -- SQL -------------------------------------------------------------------------------------
@@ -479,17 +531,28 @@ class AlertChecker:
 
     def _run(self, conn: DictConnection, now: dt.datetime, summary: AlertRunSummary) -> None:
         restaurants = conn.execute(_RESTAURANTS).fetchall()
+        by_id = {r["id"]: r for r in restaurants}
         names = {r["id"]: r["name"] for r in restaurants}
         summary.restaurants = len(restaurants)
         open_alerts = self._open_alerts(conn)
 
         states = self._slot_states(conn, restaurants, open_alerts, now)
         summary.slots_checked = len(states)
-        findings = overbooking_findings(states, names)
-        observed: dict[IncidentKey, dict[str, Any]] = {
-            IncidentKey(s.restaurant_id, AlertKind.OVERBOOKING, slot_key(s.date, s.time)): overbooking_figures(s)
+        changes = {
+            (s.restaurant_id, s.date, s.time): change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
             for s in states
+            if s.below_bookings
         }
+        findings = slot_findings(states, by_id, changes)
+        # Every booked slot's figures now, under either slot alert: a resolve notice tells them.
+        observed: dict[IncidentKey, dict[str, Any]] = {
+            IncidentKey(s.restaurant_id, kind, slot_key(s.date, s.time)): slot_figures(
+                s, by_id.get(s.restaurant_id, {}).get("timezone", "")
+            )
+            for s in states
+            for kind in SLOT_ALERTS
+        }
+        observed.update({f.key: f.figures for f in findings})
         start = now - RATE_WINDOW
         rows = conn.execute(
             _RATES, {"start": start, "end": now, "include_load_test": self.settings.include_load_test}
@@ -549,12 +612,13 @@ class AlertChecker:
         ]
         have = {(s.restaurant_id, s.date, s.time) for s in states}
         for alert in open_alerts:
-            if alert.key.kind is not AlertKind.OVERBOOKING:
+            slot = alert.key.slot
+            if slot is None:
                 continue
-            date = dt.date.fromisoformat(alert.key.incident[:10])
-            time = dt.time.fromisoformat(alert.key.incident[11:])
+            date, time = slot
             if (alert.key.restaurant_id, date, time) in have:
                 continue
+            have.add((alert.key.restaurant_id, date, time))
             found = slot_states(conn, restaurant_ids=[alert.key.restaurant_id], date_from=date, date_to=date)
             states += [s for s in found if s.time == time]
         return states
@@ -620,6 +684,7 @@ class AlertChecker:
             "attempts": 1,
             "source": RECONCILE_SOURCE,
             "maxCovers": f["maxCovers"],
+            "acceptedMaxCovers": f.get("acceptedMaxCovers"),
             "confirmedCovers": f["confirmedCovers"],
             "bookings": f["bookings"],
             "alertId": t.alert_id,

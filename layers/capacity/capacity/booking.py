@@ -179,6 +179,7 @@ class BookingService:
         local_now = self._local_now(restaurant)
         if (request.date, slot_time) < (local_now.date(), local_now.time()):
             raise _field_error("date", "the slot is in the past")
+        _check_horizon(restaurant, request.date, local_now.date())
 
         capacity = rules.capacity(request.date, slot_time)
         metadata = _event_metadata(request, caller, attempt)
@@ -358,6 +359,7 @@ class BookingService:
             raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {restaurant_id}.")
         restaurant, usage = day
         local_now = self._local_now(restaurant)
+        _check_horizon(restaurant, date, local_now.date())
         slots = []
         for slot_time, capacity in restaurant.rules.bookable_slots(date):
             if (date, slot_time) < (local_now.date(), local_now.time()):
@@ -416,6 +418,16 @@ def _field_error(field_name: str, message: str) -> ProblemError:
         f"{field_name}: {message}",
         extra={"errors": [{"field": field_name, "message": message}]},
     )
+
+
+def _check_horizon(restaurant: repo.Restaurant, date: dt.date, today: dt.date) -> None:
+    """A date beyond the restaurant's booking horizon is a field error, like a date in the past."""
+    horizon = restaurant.booking_horizon_days
+    last = today + dt.timedelta(days=horizon)
+    if date > last:
+        raise _field_error(
+            "date", f"must be at most {horizon} days ahead; the last bookable date is {last.isoformat()}"
+        )
 
 
 def _utilization(booked: int, max_covers: int | None) -> float | None:

@@ -30,7 +30,8 @@ class Channel(StrEnum):
 
 
 class AlertKind(StrEnum):
-    OVERBOOKING = "overbooking"
+    OVERBOOKING = "overbooking"  # a guard failure: covers over the capacity they were accepted under
+    CAPACITY_BELOW_BOOKINGS = "capacity_below_bookings"  # capacity lowered below covers already accepted
     CONFLICT_RATE = "conflict_rate"
     RETRY_EXHAUSTION = "retry_exhaustion"
 
@@ -87,6 +88,8 @@ def title(notice: Notice) -> str:
     f = notice.figures
     if notice.alert_type == AlertKind.OVERBOOKING:
         return f"Overbooked slot {notice.incident_key}"
+    if notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS:
+        return f"Capacity lowered below bookings {notice.incident_key}"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
         return f"Booking conflict rate {_percent(f.get('conflictRate', 0))}"
     return f"Booking retries exhausted: {f.get('retryExhausted', 0)} in the last hour"
@@ -120,16 +123,52 @@ def dashboard_link(notice: Notice) -> str | None:
     return notice.dashboard_url.replace("{restaurantId}", notice.restaurant_id)
 
 
+def _covers(value: Any) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _slot_lines(notice: Notice) -> list[str]:
+    f = notice.figures
+    zone = f" {f['timezone']}" if f.get("timezone") else ""
+    covers, accepted, now = f.get("confirmedCovers", 0), f.get("acceptedMaxCovers"), f.get("maxCovers")
+    lines = [f"Slot: {notice.incident_key}{zone} (the restaurant's local time)"]
+    resolved = notice.notice == NoticeType.RESOLVED
+    if notice.alert_type == AlertKind.OVERBOOKING and not resolved:
+        over = f" ({covers - accepted} over)" if isinstance(accepted, int) else ""
+        lines += [
+            f"Confirmed covers: {covers}, accepted under a capacity of {_covers(accepted)}{over}, "
+            f"in {f.get('bookings', 0)} bookings",
+            f"Capacity in force now: {_covers(now)}",
+            "The guard never lets a slot pass the capacity it checks: a booking got in around it "
+            "(plain SQL, a bug). Stop new bookings, then move guests.",
+        ]
+    elif notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS and not resolved:
+        lines += [
+            f"Capacity now: {_covers(now)}, below {covers} covers confirmed in {f.get('bookings', 0)} bookings "
+            f"(accepted under {_covers(accepted)})",
+            "Nothing is broken: the capacity was lowered after these bookings were accepted. Guests to move: "
+            f"{covers - now if isinstance(now, int) else 0} covers.",
+        ]
+        change = f.get("change")
+        if change:
+            reason = f" (reason: {change['reason']})" if change.get("reason") else ""
+            when = str(change.get("changedAt", ""))[:16].replace("T", " ")
+            lines.append(f"Changed: {when} UTC by {change.get('actor')}: {change.get('summary')}{reason}")
+    else:
+        lines.append(f"Confirmed covers now: {covers} (capacity {_covers(now)}): the slot is within its capacity")
+    ids = f.get("bookingIds") or []
+    if ids and not resolved:
+        more = f" (+{f['bookings'] - len(ids)} more)" if f.get("bookings", 0) > len(ids) else ""
+        lines.append(f"Bookings: {', '.join(ids)}{more}")
+    if f.get("command"):
+        lines.append(f"Next: {f['command']}")
+    return lines
+
+
 def figure_lines(notice: Notice) -> list[str]:
     f = notice.figures
-    if notice.alert_type == AlertKind.OVERBOOKING:
-        max_covers = f.get("maxCovers")
-        covers = f.get("confirmedCovers", 0)
-        over = f" ({covers - max_covers} over)" if isinstance(max_covers, int) and covers > max_covers else ""
-        return [
-            f"Slot: {notice.incident_key} (restaurant local time)",
-            f"Confirmed covers: {covers} of max {max_covers}{over}, in {f.get('bookings', 0)} bookings",
-        ]
+    if notice.alert_type in (AlertKind.OVERBOOKING, AlertKind.CAPACITY_BELOW_BOOKINGS):
+        return _slot_lines(notice)
     window = f"Window: {f.get('windowStart')} to {f.get('windowEnd')}"
     traffic = "live and load-test traffic" if f.get("includesLoadTest") else "live traffic only"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
@@ -138,11 +177,13 @@ def figure_lines(notice: Notice) -> list[str]:
             f"({f.get('conflicts', 0)} of {f.get('requests', 0)} requests met a conflict)",
             f"Threshold: more than {_percent(f.get('threshold', 0))} with at least {f.get('minRequests')} requests",
             f"{window} ({traffic})",
+            "Next: capctl check-alerts --dry-run (the figures now), and the dashboard's conflict-rate panel",
         ]
     return [
         f"Requests that exhausted their retries: {f.get('retryExhausted', 0)} of {f.get('requests', 0)}",
         f"Threshold: more than {f.get('threshold')} in the last hour",
         f"{window} ({traffic})",
+        "Next: check the database (connections, locks, failover) and the BookingRetryExhausted metric",
     ]
 
 

@@ -1,5 +1,6 @@
 """Reconciliation: every slot's confirmed covers, summed from ``bookings`` (never from the usage
-ledger, so a bug in the ledger is caught too), against the capacity its rules put in force."""
+ledger, so a bug in the ledger is caught too), against the capacity its bookings were accepted
+under and the capacity its rules put in force now (see ``SlotState``)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,37 @@ from capacity.rules import Override, RestaurantRules, WeeklyRule
 
 @dataclass(frozen=True, slots=True)
 class SlotState:
+    """One booked slot: its confirmed covers against the capacity in force now and the capacity
+    its bookings were accepted under.
+
+    ``accepted_max_covers`` is the capacity the guard checked when the slot's latest confirmed
+    booking was accepted: the guard let the slot reach at most that. A booking that did not pass
+    the guard (inserted by plain SQL, or before the engine recorded it) has no such figure, so
+    the slot is held to the capacity in force now. Two conditions follow, never confused:
+
+    * **overbooked** — confirmed covers exceed ``accepted_max_covers``: the guard failed or was
+      bypassed (CRITICAL);
+    * **below bookings** — not overbooked, but the capacity was lowered since below the covers
+      already accepted (WARNING: a capacity change, the guests need moving, nothing is broken).
+    """
+
     restaurant_id: UUID
     date: dt.date
     time: dt.time
-    max_covers: int | None  # None = unlimited
+    max_covers: int | None  # in force now; None = unlimited
     confirmed_covers: int
     bookings: int
+    accepted_max_covers: int | None = None  # None = unlimited
+    booking_ids: tuple[UUID, ...] = ()
+    last_booked_at: dt.datetime | None = None
 
     @property
     def over_capacity(self) -> bool:
-        return self.max_covers is not None and self.confirmed_covers > self.max_covers
+        return self.accepted_max_covers is not None and self.confirmed_covers > self.accepted_max_covers
+
+    @property
+    def below_bookings(self) -> bool:
+        return not self.over_capacity and self.max_covers is not None and self.confirmed_covers > self.max_covers
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -33,13 +55,20 @@ class SlotState:
             "date": self.date.isoformat(),
             "time": self.time.strftime("%H:%M"),
             "maxCovers": self.max_covers,
+            "acceptedMaxCovers": self.accepted_max_covers,
             "confirmedCovers": self.confirmed_covers,
             "bookings": self.bookings,
+            "bookingIds": [str(b) for b in self.booking_ids],
         }
 
 
+# Per slot: covers, bookings (oldest first), and what the latest booking was accepted under.
 _SLOTS = """
-SELECT restaurant_id, booking_date, booking_time, sum(party_size)::int AS covers, count(*)::int AS bookings
+SELECT restaurant_id, booking_date, booking_time, sum(party_size)::int AS covers, count(*)::int AS bookings,
+       array_agg(id ORDER BY created_at, id) AS booking_ids,
+       max(created_at) AS last_booked_at,
+       (array_agg(guarded ORDER BY created_at DESC, id DESC))[1] AS last_guarded,
+       (array_agg(accepted_max_covers ORDER BY created_at DESC, id DESC))[1] AS last_accepted
   FROM bookings
  WHERE status = 'confirmed'
    AND (%(restaurants)s::uuid[] IS NULL OR restaurant_id = ANY(%(restaurants)s::uuid[]))
@@ -111,6 +140,9 @@ def slot_states(
                 max_covers=capacity.max_covers,
                 confirmed_covers=r["covers"],
                 bookings=r["bookings"],
+                accepted_max_covers=r["last_accepted"] if r["last_guarded"] else capacity.max_covers,
+                booking_ids=tuple(r["booking_ids"]),
+                last_booked_at=r["last_booked_at"],
             )
         )
     return states
@@ -118,3 +150,7 @@ def slot_states(
 
 def over_capacity(states: Sequence[SlotState]) -> list[SlotState]:
     return [s for s in states if s.over_capacity]
+
+
+def below_bookings(states: Sequence[SlotState]) -> list[SlotState]:
+    return [s for s in states if s.below_bookings]

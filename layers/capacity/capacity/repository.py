@@ -20,6 +20,7 @@ class Restaurant:
     id: UUID
     timezone: str
     rules: RestaurantRules
+    booking_horizon_days: int = 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ SELECT
     (SELECT jsonb_build_object('fingerprint', k.fingerprint, 'statusCode', k.status_code,
                                'response', k.response, 'expired', k.expires_at < now())
        FROM idempotency_keys k WHERE k.tenant = %(tenant)s AND k.key = %(key)s) AS stored,
-    r.id, r.timezone, r.slot_minutes, r.max_party_size,
+    r.id, r.timezone, r.slot_minutes, r.max_party_size, r.booking_horizon_days,
     {_RULES_OF_DATE},
     (SELECT u.booked_covers FROM slot_usage u
       WHERE u.restaurant_id = r.id AND u.slot_date = %(date)s::date AND u.slot_time = %(time)s::time) AS booked
@@ -96,7 +97,7 @@ LEFT JOIN restaurants r ON r.id = %(restaurant_id)s
 """
 
 _DAY = f"""
-SELECT r.id, r.timezone, r.slot_minutes, r.max_party_size,
+SELECT r.id, r.timezone, r.slot_minutes, r.max_party_size, r.booking_horizon_days,
     {_RULES_OF_DATE},
     (SELECT coalesce(jsonb_object_agg(u.slot_time::text, u.booked_covers), '{{}}')
        FROM slot_usage u WHERE u.restaurant_id = r.id AND u.slot_date = %(date)s::date) AS usage
@@ -128,10 +129,11 @@ WITH key_lock AS (
     RETURNING booked_covers
 ), booking AS (
     INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source,
-                          idempotency_key, tenant, run_id, guest_name, guest_email, guest_phone, notes, created_at)
+                          idempotency_key, tenant, run_id, guest_name, guest_email, guest_phone, notes, created_at,
+                          guarded, accepted_max_covers)
     SELECT %(id)s, %(restaurant_id)s, %(date)s, %(time)s, %(party_size)s, 'confirmed', %(source)s,
            %(key)s, %(tenant)s, %(run_id)s, %(guest_name)s, %(guest_email)s, %(guest_phone)s, %(notes)s,
-           %(created_at)s
+           %(created_at)s, true, %(max_covers)s::int
       FROM usage
     RETURNING id
 ), claim AS (
@@ -222,7 +224,9 @@ def _restaurant(row: dict[str, Any]) -> Restaurant:
     rules = RestaurantRules(
         slot_minutes=row["slot_minutes"], max_party_size=row["max_party_size"], weekly=weekly, overrides=overrides
     )
-    return Restaurant(id=row["id"], timezone=row["timezone"], rules=rules)
+    return Restaurant(
+        id=row["id"], timezone=row["timezone"], rules=rules, booking_horizon_days=row["booking_horizon_days"]
+    )
 
 
 def load_booking_context(

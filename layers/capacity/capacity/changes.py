@@ -1,0 +1,122 @@
+"""Capacity history: reading ``capacity_changes``, which the database's triggers write for every
+change of a restaurant's weekly rules, overrides or slot grid, whoever makes it.
+
+Used to explain a slot whose capacity now sits below its confirmed covers: the change that put
+it there (when, who, before → after, why) is the latest change that touches the slot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from capacity.db import DictConnection
+
+# Changes of one restaurant that may touch a date: its slot grid, the weekly rules of that
+# weekday, the overrides of that date. Ranges are checked in Python (``touches``).
+_CHANGES_OF_DATE = """
+SELECT id, restaurant_id, changed_at, actor, kind, before, after, reason
+  FROM capacity_changes
+ WHERE restaurant_id = %(restaurant_id)s
+   AND (kind LIKE 'restaurant.%%'
+        OR (kind LIKE 'weekly_rule.%%'
+            AND %(weekday)s IN ((before ->> 'weekday')::int, (after ->> 'weekday')::int))
+        OR (kind LIKE 'override.%%'
+            AND %(date)s IN (before ->> 'override_date', after ->> 'override_date')))
+ ORDER BY changed_at, id
+"""
+
+
+def _minutes(value: str) -> int:
+    hours, minutes = value.split(":")[:2]
+    return int(hours) * 60 + int(minutes)
+
+
+def _holds(row: dict[str, Any] | None, time: dt.time) -> bool:
+    """Does this rule row's [start, end) hold the time? A row without a range holds every time."""
+    if row is None:
+        return False
+    start, end = row.get("start_time"), row.get("end_time")
+    if start is None or end is None:
+        return True
+    end_minutes = _minutes(end) or 24 * 60  # 00:00 as an end is midnight at the end of the day
+    return _minutes(start) <= time.hour * 60 + time.minute < end_minutes
+
+
+def _capacity(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "none"
+    value = row.get("max_covers")
+    return "unlimited" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityChange:
+    id: int
+    restaurant_id: UUID
+    changed_at: dt.datetime
+    actor: str
+    kind: str  # weekly_rule|override|restaurant . insert|update|delete
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str
+
+    def touches(self, time: dt.time) -> bool:
+        if self.kind.startswith("restaurant."):
+            return True
+        return _holds(self.before, time) or _holds(self.after, time)
+
+    @property
+    def subject(self) -> str:
+        return self.kind.split(".", 1)[0]
+
+    def summary(self) -> str:
+        """One line an operator can read: what changed, from what to what."""
+        row = self.after or self.before or {}
+        if self.subject == "restaurant":
+            keys = ("timezone", "slot_minutes", "max_party_size", "booking_horizon_days")
+            before, after = self.before or {}, self.after or {}
+            diffs = [f"{k} {before.get(k)} → {after.get(k)}" for k in keys if before.get(k) != after.get(k)]
+            return "restaurant settings: " + (", ".join(diffs) or "created")
+        span = f"{row['start_time'][:5]}-{row['end_time'][:5]}" if row.get("start_time") else "whole date"
+        what = f"weekday {row.get('weekday')}" if self.subject == "weekly_rule" else str(row.get("override_date"))
+        label = "weekly rule" if self.subject == "weekly_rule" else "override"
+        return f"{label} {what} {span}: max covers {_capacity(self.before)} → {_capacity(self.after)}"
+
+    def describe(self) -> str:
+        reason = f" (reason: {self.reason})" if self.reason else ""
+        return f"{self.changed_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC by {self.actor}: {self.summary()}{reason}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "changedAt": self.changed_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "actor": self.actor,
+            "kind": self.kind,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+            "summary": self.summary(),
+        }
+
+
+def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time) -> list[CapacityChange]:
+    """Every recorded change that touches the slot, oldest first."""
+    rows = conn.execute(
+        _CHANGES_OF_DATE, {"restaurant_id": restaurant_id, "weekday": date.isoweekday(), "date": date.isoformat()}
+    ).fetchall()
+    changes = [CapacityChange(**row) for row in rows]
+    return [c for c in changes if c.touches(time)]
+
+
+def change_behind(
+    conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time, since: dt.datetime | None
+) -> CapacityChange | None:
+    """The latest change touching the slot made after ``since`` (its latest booking), if any;
+    else the latest change touching it at all."""
+    changes = changes_of_slot(conn, restaurant_id, date, time)
+    later = [c for c in changes if since is None or c.changed_at >= since]
+    found = later or changes
+    return found[-1] if found else None

@@ -1,0 +1,94 @@
+"""`capctl verify [--json]`: reconcile every booked slot, and tell the two conditions apart.
+
+* **overbooked** — confirmed covers exceed the capacity they were accepted under: the guard
+  failed or was bypassed. Exit 1.
+* **below bookings** — the capacity was lowered after bookings were accepted, below their
+  covers: a capacity change whose guests need moving. Reported with the change; exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from capacity.alerts import slot_command
+from capacity.changes import change_behind
+from capacity.db import DictConnection
+from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON (overCapacitySlots, belowBookingsSlots)"
+    )
+
+
+def _names(conn: DictConnection) -> dict[Any, str]:
+    return {r["id"]: r["name"] for r in conn.execute("SELECT id, name FROM restaurants")}
+
+
+def verify(conn: DictConnection) -> dict[str, Any]:
+    states = slot_states(conn)
+    below = []
+    for s in below_bookings(states):
+        change = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
+        below.append({**s.as_json(), "command": _command(s), "change": change.as_json() if change else None})
+    over = [{**s.as_json(), "command": _command(s)} for s in over_capacity(states)]
+    return {"slots": len(states), "overCapacitySlots": over, "belowBookingsSlots": below, "passed": not over}
+
+
+def _command(s: SlotState) -> str:
+    return slot_command(s.restaurant_id, s.date, s.time)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def render(result: dict[str, Any], names: dict[Any, str]) -> str:
+    over, below = result["overCapacitySlots"], result["belowBookingsSlots"]
+    lines = [
+        f"reconciled {_plural(result['slots'], 'slot')} with confirmed bookings: "
+        f"{len(over)} overbooked, {len(below)} below bookings after a capacity change"
+    ]
+    for s in over:
+        where = f"{names.get(_uuid(s), '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
+        limit = s["acceptedMaxCovers"]
+        lines.append(
+            f"OVERBOOKED {where}: {s['confirmedCovers']} covers confirmed, accepted under max {limit} "
+            f"({s['confirmedCovers'] - limit} over) in {_plural(s['bookings'], 'booking')} - guard failure"
+        )
+        lines.append(f"  next: {s['command']}")
+    for s in below:
+        where = f"{names.get(_uuid(s), '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
+        change = s["change"]
+        why = f"; {_describe(change)}" if change else "; no recorded change"
+        lines.append(
+            f"BELOW BOOKINGS {where}: capacity now {s['maxCovers']}, {s['confirmedCovers']} covers confirmed "
+            f"in {_plural(s['bookings'], 'booking')}{why}"
+        )
+        lines.append(f"  next: {s['command']}  (move guests or raise the capacity)")
+    return "\n".join(lines)
+
+
+def _uuid(s: dict[str, Any]) -> Any:
+    import uuid
+
+    return uuid.UUID(s["restaurantId"])
+
+
+def _describe(change: dict[str, Any]) -> str:
+    reason = f" (reason: {change['reason']})" if change["reason"] else ""
+    when = change["changedAt"][:16].replace("T", " ")
+    return f"changed {when} UTC by {change['actor']}: {change['summary']}{reason}"
+
+
+def run(args: argparse.Namespace, name: str) -> int:
+    from capctl import database
+
+    with database.connection() as conn:
+        result = verify(conn)
+        names = _names(conn)
+    print(json.dumps(result, indent=2) if args.json else render(result, names))
+    return 0 if result["passed"] else 1

@@ -7,21 +7,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
 
 export SAM_CLI_TELEMETRY := 0
 export ARTILLERY_DISABLE_TELEMETRY := true
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo test lint typecheck openapi-check template-check pytest unit integration e2e load-smoke bench openapi clean
+.PHONY: help setup demo test lint typecheck openapi-check template-check workflow-check security-scan pytest unit integration e2e load-smoke bench openapi clean
 
 help:
 	@echo "make demo    - the whole main job locally: embedded PostgreSQL, local API, Artillery load test, report"
-	@echo "make test    - every check: ruff, mypy, OpenAPI drift, sam validate --lint + sam build, pytest + coverage"
+	@echo "make test    - every check: ruff, mypy, OpenAPI drift, sam validate --lint + sam build, workflow schemas, checkov, pytest + coverage"
 	@echo "make bench   - booking-path benchmarks, figures under reports/bench/"
-	@echo "make setup   - create .venv (Python deps + capctl), .venv-sam (AWS SAM CLI), node_modules (Artillery)"
+	@echo "make setup   - create .venv (Python deps + capctl), .venv-sam (AWS SAM CLI), .venv-checkov, node_modules (Artillery)"
 
-setup: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml requirements-dev.txt constraints.txt layers/capacity/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required (PYTHON=$(PYTHON))"; exit 1; }
@@ -35,6 +36,12 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-sam.txt
 	@touch $@
 
+# checkov pins packages that clash with the project's: a virtualenv of its own, every version pinned.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -42,7 +49,7 @@ node_modules/.installed: package.json package-lock.json
 demo: setup
 	$(BIN)/capctl demo
 
-test: setup lint typecheck openapi-check template-check pytest
+test: setup lint typecheck openapi-check template-check workflow-check security-scan pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -61,6 +68,16 @@ openapi: $(VENV)/.installed
 
 template-check: $(SAM_VENV)/.installed
 	bash scripts/sam-check.sh
+
+# The GitHub workflows against their schema (shipped inside check-jsonschema: no network).
+workflow-check: $(VENV)/.installed
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+# The template scanned as a security team would. Offline (--skip-download: no Prisma Cloud
+# guidelines); a finding that does not apply carries a checkov:skip with its reason in the
+# template, so any other finding fails.
+security-scan: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 # One pytest run over every kind (unit, integration on the embedded PostgreSQL, e2e through
 # HTTP, the Artillery smoke), with the layer's coverage gate. Exit 5 (no tests collected) is
@@ -86,4 +103,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) node_modules .aws-sam .capctl .coverage .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) node_modules .aws-sam .capctl .coverage .mypy_cache .ruff_cache .pytest_cache

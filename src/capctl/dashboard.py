@@ -38,7 +38,7 @@ from capacity.rollup import LIVE_TABLE, SYNTHETIC_TABLE, run_rollup
 from capacity.settings import AlertSettings, SettingsError
 from capctl import database, pages
 from capctl.errors import UserError
-from capctl.panels import PANELS, Metric, Panel, Source, Threshold
+from capctl.panels import PANELS, TABLES, Metric, Panel, Source, Threshold
 
 HOST = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
@@ -230,6 +230,15 @@ SELECT date_bin(make_interval(secs => %(step)s), e.occurred_at, %(origin)s) AS b
  GROUP BY 1, 2
 """  # noqa: S608 - capacity.figures' constants, no input
 
+_RESTAURANT_COUNTERS = f"""
+SELECT e.restaurant_id, {COUNTERS_SQL}
+  FROM observability_events e
+ WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s AND {SYNTHETIC_SQL} = %(synthetic)s
+   AND (%(restaurant)s::uuid IS NULL OR e.restaurant_id = %(restaurant)s::uuid)
+ GROUP BY 1
+"""  # noqa: S608 - capacity.figures' constants, no input
+TOP_CONFLICTS = 10  # as the CloudWatch widget's query: "| sort conflicts desc | limit 10"
+
 _FIRST_DATUM = """
 SELECT least(
          (SELECT min(occurred_at) FROM observability_events
@@ -349,6 +358,7 @@ class Collected:
     samples: Samples
     emf_records: int  # booking records of the view in the EMF logs
     emf_files: int
+    by_restaurant: dict[str, list[int]]  # restaurant id -> [requests, conflicts, full]
     rollup_hours: list[dict[str, Any]]
     incidents: list[dict[str, Any]]
     delivery_failures: list[float]
@@ -425,6 +435,20 @@ def collect(
             at = row["bucket"].timestamp()
             for name, columns in EVENT_METRICS.items():
                 samples[name].append((at, float(sum(row[c] for c in columns))))
+    # The "restaurants with the most conflicts" table: requests, conflicts, full per restaurant.
+    by_restaurant: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    if in_view:
+        for record in in_view:
+            totals = by_restaurant[record.restaurant_id or "-"]
+            for i, name in enumerate((MetricName.BOOKING_REQUESTS, MetricName.CONFLICTS, MetricName.CAPACITY_EXCEEDED)):
+                totals[i] += int(sum(record.values.get(name, ())))
+    else:
+        for r in conn.execute(_RESTAURANT_COUNTERS, {**window, "synthetic": synthetic}):
+            by_restaurant[str(r["restaurant_id"])] = [
+                r["requests"],
+                sum(r[c] for c in EVENT_METRICS[MetricName.CONFLICTS]),
+                r["capacity_exceeded"],
+            ]
     # Reconciliation's findings are about slots, whatever traffic booked them.
     for row in counters:
         samples[MetricName.OVERBOOK_DETECTED].append((row["bucket"].timestamp(), float(row["overbook_detected"])))
@@ -444,6 +468,7 @@ def collect(
         samples=dict(samples),
         emf_records=len(in_view),
         emf_files=len(logs),
+        by_restaurant=dict(by_restaurant),
         rollup_hours=rollup_hours,
         incidents=incidents,
         delivery_failures=failures,
@@ -767,6 +792,21 @@ def incident_rows(data: Collected) -> list[dict[str, str]]:
     ]
 
 
+def top_conflicts(data: Collected) -> list[dict[str, Any]]:
+    names = {r["id"]: r["name"] for r in data.restaurants}
+    ranked = sorted(data.by_restaurant.items(), key=lambda item: (-item[1][1], -item[1][0], item[0]))
+    return [
+        {
+            "restaurant": f"{names[rid]} ({rid})" if rid in names else rid,
+            "requests": requests,
+            "conflicts": conflicts,
+            "full": full,
+        }
+        for rid, (requests, conflicts, full) in ranked[:TOP_CONFLICTS]
+        if requests
+    ]
+
+
 def page_data(data: Collected) -> dict[str, Any]:
     """What the page shows, as JSON: the live page's /data.json, embedded in the --out file."""
     charts = {p.name: panel_chart(p, data) for p in PANELS}
@@ -784,6 +824,7 @@ def page_data(data: Collected) -> dict[str, Any]:
         "notes": notes,
         "summary": summary_cards(data),
         "incidents": incident_rows(data),
+        "topConflicts": top_conflicts(data),
         "meta": {
             "generatedAt": _iso(data.now),
             "from": _iso(dt.datetime.fromtimestamp(data.grid.start, dt.UTC)),
@@ -812,6 +853,7 @@ def render_page(
         charts=data["charts"],
         data=data,
         panels=PANELS,
+        tables={t.name: t for t in TABLES},
         live=live,
         refresh_s=REFRESH_S,
         restaurants=restaurants_list,

@@ -41,6 +41,7 @@ def test_snapshot_file(traffic, tmp_path, open_page):
     page = result.page
     assert page.locator("#incidents tr").count() == 1
     assert "conflict_rate" in page.locator("#incidents").inner_text()
+    assert page.locator("#top-conflicts tr td").all_inner_texts()[1:] == ["4", "1", "1"]  # requests, conflicts, full
     # the conflict-rate alarm's threshold is drawn on its panel
     thresholds = page.evaluate(
         "JSON.parse(document.getElementById('chart-data').textContent)['conflict-rate'].thresholds"

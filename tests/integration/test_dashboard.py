@@ -158,6 +158,8 @@ def test_from_events_alone_the_figures_are_capacity_figures(traffic, conn):
     assert sum(values(charts["rollup"], "requests rolled up")) == 12
     assert values(charts["latency"], "p99") == []  # latency is only in the EMF records
     assert [i["kind"] for i in data["incidents"]] == ["conflict_rate"]
+    [top] = data["topConflicts"]
+    assert (top["requests"], top["conflicts"], top["full"]) == (12, 2, 2) and RESTAURANT_ID in top["restaurant"]
     [threshold] = charts["conflict-rate"]["thresholds"]
     assert threshold["value"] == 5.0  # CONFLICT_RATE_THRESHOLD's default, x 100
     assert charts["retries"]["thresholds"][0]["value"] == 5.0
@@ -179,6 +181,8 @@ def test_emf_records_feed_the_booking_panels(traffic, tmp_path):
     assert values(charts["utilization"], "slot utilization at booking (avg)") == [62.5]
     assert values(charts["utilization"], "slot utilization at booking (max)") == [100.0]
     assert values(charts["conflict-rate"], "conflict rate %") == [25.0]
+    [top] = data["topConflicts"]
+    assert (top["requests"], top["conflicts"], top["full"]) == (4, 1, 1)
     # reconciliation and alerts still come from the database
     assert sum(values(charts["overbooking"], "detected")) == 1
 

@@ -595,6 +595,30 @@ def _log(line: str) -> None:
     print(f"capctl serve: {line}", file=sys.stderr, flush=True)
 
 
+def _printable(path: str) -> str:
+    """The path for the access log: control characters escaped, so a line stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
+async def _problem_answers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (a path no route matches, e.g. one holding a newline) answered as
+    problem+json like every other answer of the API, never as text/plain."""
+    from aiohttp import web
+
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: ProblemCode.NOT_FOUND, 405: ProblemCode.METHOD_NOT_ALLOWED}.get(exc.status)
+        if code is None:
+            raise
+        status, headers, body = _problem(code, "No resource matches the request path.")
+        _log(f"{request.method} {_printable(request.path)} {status} instance=-")
+        return web.Response(status=status, headers=headers, body=body)
+    return response
+
+
 async def serve(options: Options) -> int:
     from aiohttp import web
 
@@ -605,7 +629,7 @@ async def serve(options: Options) -> int:
     executor = ThreadPoolExecutor(max_workers=options.instances + 4, thread_name_prefix="capctl-serve")
     pool = Pool(options, executor)
     gateway = Gateway(options, pool)
-    app = web.Application()
+    app = web.Application(middlewares=[web.middleware(_problem_answers)])
     app.router.add_get("/__health", gateway.health)
     app.router.add_route("*", "/{path:.*}", gateway.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_S)

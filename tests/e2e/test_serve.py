@@ -433,3 +433,43 @@ def test_stopping_answers_what_is_in_flight_or_queued_and_exits_0(
         assert_problem(future.result(timeout=30), 503, "service_unavailable")
     assert pid_gone(pid)
     assert "Traceback" not in api.log_text()
+
+
+def _raw_request(api: LocalApi, method: str, raw_path: bytes) -> tuple[int, str, bytes]:
+    """One request with the path sent byte for byte (urllib would quote or refuse it)."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(method.encode() + b" " + raw_path + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers.get("content-type", ""), body
+
+
+def test_a_booking_path_with_control_characters_or_bad_utf8_is_a_problem_404(
+    serve: Callable[..., LocalApi],
+) -> None:
+    api = serve()
+    raw_paths = [
+        b"/bookings/%00",
+        b"/bookings/abc%0Adef",  # a newline: no route matches, aiohttp's own 404 was text/plain
+        b"/bookings/%1B%5B31m",
+        b"/bookings/%FF%FE",
+        b"/bookings/%C3%28",
+        b"/bookings/caf%C3%A9%7F",
+    ]
+    for method in ("GET", "DELETE"):
+        for raw_path in raw_paths:
+            status, content_type, body = _raw_request(api, method, raw_path)
+
+            assert status == 404, (method, raw_path, body)
+            assert content_type == PROBLEM, (method, raw_path, content_type, body)
+            problem = json.loads(body)
+            assert problem["status"] == 404
+            assert problem["code"] in ("not_found", "booking_not_found")
+    # the access log stays one line per request
+    assert "abc\\ndef" in api.log_text()

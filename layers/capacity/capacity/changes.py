@@ -78,11 +78,18 @@ class CapacityChange:
         if self.subject == "restaurant":
             keys = ("timezone", "slot_minutes", "max_party_size", "booking_horizon_days")
             before, after = self.before or {}, self.after or {}
+            if not before or not after:
+                settings = ", ".join(f"{k} {(after or before).get(k)}" for k in keys)
+                return f"restaurant {'created' if not before else 'removed'} ({settings})"
             diffs = [f"{k} {before.get(k)} → {after.get(k)}" for k in keys if before.get(k) != after.get(k)]
-            return "restaurant settings: " + (", ".join(diffs) or "created")
+            return "restaurant settings: " + ", ".join(diffs)
         span = f"{row['start_time'][:5]}-{row['end_time'][:5]}" if row.get("start_time") else "whole date"
         what = f"weekday {row.get('weekday')}" if self.subject == "weekly_rule" else str(row.get("override_date"))
         label = "weekly rule" if self.subject == "weekly_rule" else "override"
+        if self.before is None:
+            return f"new {label} {what} {span}: max covers {_capacity(self.after)}"
+        if self.after is None:
+            return f"removed {label} {what} {span} (max covers {_capacity(self.before)})"
         return f"{label} {what} {span}: max covers {_capacity(self.before)} → {_capacity(self.after)}"
 
     def describe(self) -> str:

@@ -74,6 +74,7 @@ SELECT restaurant_id, booking_date, booking_time, sum(party_size)::int AS covers
    AND (%(restaurants)s::uuid[] IS NULL OR restaurant_id = ANY(%(restaurants)s::uuid[]))
    AND (%(date_from)s::date IS NULL OR booking_date >= %(date_from)s::date)
    AND (%(date_to)s::date IS NULL OR booking_date <= %(date_to)s::date)
+   AND (%(times)s::time[] IS NULL OR booking_time = ANY(%(times)s::time[]))
  GROUP BY restaurant_id, booking_date, booking_time
  ORDER BY restaurant_id, booking_date, booking_time
 """
@@ -115,6 +116,7 @@ def slot_states(
     restaurant_ids: Sequence[UUID] | None = None,
     date_from: dt.date | None = None,
     date_to: dt.date | None = None,
+    times: Sequence[dt.time] | None = None,
 ) -> list[SlotState]:
     """Every slot holding confirmed bookings (within the filters), with the capacity in force."""
     rows = conn.execute(
@@ -123,6 +125,7 @@ def slot_states(
             "restaurants": list(restaurant_ids) if restaurant_ids is not None else None,
             "date_from": date_from,
             "date_to": date_to,
+            "times": list(times) if times is not None else None,
         },
     ).fetchall()
     if not rows:

@@ -60,6 +60,8 @@ class Capacity:
 
     max_covers: int | None  # None = unlimited
     source: str  # "override", "date-override", "weekly" or "none"
+    # The rule that set it (one of them, on a tie): provenance, not part of the capacity's value.
+    rule: WeeklyRule | Override | None = field(default=None, compare=False)
 
     @property
     def closed(self) -> bool:
@@ -101,14 +103,16 @@ class RestaurantRules:
         ranged = [o for o in self.overrides if o.date == date and not o.whole_date and o.holds(time)]
         if ranged:
             narrowest = min(ranged, key=lambda o: (o.width_minutes(), _lowest_first(o.max_covers)))
-            return Capacity(narrowest.max_covers, "override")
-        whole = [o.max_covers for o in self.overrides if o.date == date and o.whole_date]
+            return Capacity(narrowest.max_covers, "override", narrowest)
+        whole = [o for o in self.overrides if o.date == date and o.whole_date]
         if whole:
-            return Capacity(min(whole, key=_lowest_first), "date-override")
+            lowest = min(whole, key=lambda o: _lowest_first(o.max_covers))
+            return Capacity(lowest.max_covers, "date-override", lowest)
         weekday = date.isoweekday()
-        weekly = [r.max_covers for r in self.weekly if r.weekday == weekday and r.holds(time)]
+        weekly = [r for r in self.weekly if r.weekday == weekday and r.holds(time)]
         if weekly:
-            return Capacity(min(weekly, key=_lowest_first), "weekly")
+            strictest = min(weekly, key=lambda r: _lowest_first(r.max_covers))
+            return Capacity(strictest.max_covers, "weekly", strictest)
         return CLOSED
 
     def grid(self) -> list[dt.time]:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from capacity.db import DictConnection
+from capacity.outcomes import LOAD_TEST_SOURCE
 from capctl.errors import UserError
 
-SYNTHETIC_SOURCES = ("load-test",)
+SYNTHETIC_SOURCES = (LOAD_TEST_SOURCE,)
 
 _SELECTED = """
 SELECT count(*)::int AS bookings,

@@ -19,19 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from capacity import figures
-from capacity.outcomes import OUTCOME_EVENTS
+from capacity.outcomes import OUTCOME_EVENTS, EventType
 from capctl import pages
 
 # Statuses the scenario accepts; anything else is a failure of the run.
 ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
-EVENT_TYPES = (
-    "booking.success",
-    "booking.capacity_exceeded",
-    "booking.overbook_prevented",
-    "booking.conflict",
-    "booking.retry_exhausted",
-    "booking.overbook_detected",
-)
 
 
 @dataclass
@@ -262,7 +254,7 @@ def _store_checks(check: _Checks, verification: Verification) -> None:
         )
     if verification.success_events is not None and verification.bookings_stored is not None:
         check(
-            "one booking.success event per booking",
+            f"one {EventType.SUCCESS} event per booking",
             verification.success_events == verification.bookings_stored,
             f"{verification.success_events} events, {verification.bookings_stored} bookings",
         )
@@ -849,7 +841,7 @@ def conflict_chart(report: Mapping[str, Any], bands: list[dict[str, Any]]) -> di
             for b, n in zip(buckets, requests, strict=True)
         ]
         refused = [
-            _percent(figures.rate(b.get("booking.capacity_exceeded", 0), n))
+            _percent(figures.rate(b.get(EventType.CAPACITY_EXCEEDED, 0), n))
             for b, n in zip(buckets, requests, strict=True)
         ]
     else:  # no database access: refusals as Artillery saw them, conflicts unknown
@@ -985,8 +977,8 @@ def answers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         },
         {
             "what": "refusals recorded",
-            "n": report["events"].get("booking.capacity_exceeded", "not checked"),
-            "words": "booking.capacity_exceeded events of the run (a replay records no event)",
+            "n": report["events"].get(EventType.CAPACITY_EXCEEDED, "not checked"),
+            "words": f"{EventType.CAPACITY_EXCEEDED} events of the run (a replay records no event)",
         },
         {
             "what": "conflict rate",

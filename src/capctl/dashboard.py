@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import re
 import sys
 import threading
@@ -371,8 +372,12 @@ class Collected:
 def alert_thresholds() -> tuple[dict[str, float], int]:
     """The alarms' thresholds as check_alerts runs them here (its settings; else the defaults
     the template's parameters share, which tests/unit/test_panels.py holds equal)."""
+    # Only the alarm settings: another variable of the alert check (a webhook URL, say) is not
+    # the dashboard's business.
+    names = {t.setting for p in PANELS for t in p.thresholds if t.setting} | {"conflict_min_requests"}
+    aliases = {AlertSettings.model_fields[n].alias or n for n in names}
     try:
-        settings = AlertSettings.from_env()
+        settings = AlertSettings.from_env({k: v for k, v in os.environ.items() if k in aliases})
     except SettingsError as exc:
         raise UserError(str(exc)) from None
     values: dict[str, float] = {}
@@ -857,7 +862,7 @@ def render_page(
         live=live,
         refresh_s=REFRESH_S,
         restaurants=restaurants_list,
-        ranges=RANGE_CHOICES,
+        ranges=RANGE_CHOICES if query.get("range", "auto") in RANGE_CHOICES else (*RANGE_CHOICES, query["range"]),
         query=query,
     )
 
@@ -901,8 +906,11 @@ def _write(database_url: str, out: Path, view: View, logs: list[EmfLog], *, roll
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, database_url: str, logs: list[EmfLog], view: View, rollup: bool) -> None:
+    def __init__(
+        self, port: int, database_url: str, logs: list[EmfLog], view: View, rollup: bool, since: str | None = None
+    ) -> None:
         super().__init__((HOST, port), DashboardHandler)
+        self.since = since  # --since as given: "30m" keeps meaning the last 30 minutes
         self.database_url = database_url
         self.logs = logs
         self.view = view
@@ -910,14 +918,17 @@ class DashboardServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # one reader of the logs and the roll-up at a time
         self.last_rollup = 0.0
 
-    def page_json(self, query: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    def page_json(self, query: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, str]]:
+        """The page's data for ``query`` (the page's controls); also the query in effect."""
+        if self.since and "range" not in query:
+            query = {**query, "range": self.since}
         view = _view_of(query, self.view)
         with self.lock, database.connection(self.database_url) as conn:
             rollup = self.rollup and time.monotonic() - self.last_rollup >= ROLLUP_EVERY_S
             collected = collect(conn, view, self.logs, rollup=rollup)
             if rollup:
                 self.last_rollup = time.monotonic()
-        return page_data(collected), collected.restaurants
+        return page_data(collected), collected.restaurants, query
 
 
 def _view_of(query: dict[str, str], default: View) -> View:
@@ -947,11 +958,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
         try:
             if url.path == "/":
-                data, known = self.server.page_json(query)
+                data, known, query = self.server.page_json(query)
                 html = render_page(data, live=True, restaurants_list=known, query=query)
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", html.encode())
             elif url.path == "/data.json":
-                data, _ = self.server.page_json(query)
+                data, _, _ = self.server.page_json(query)
                 self._send(HTTPStatus.OK, "application/json", json.dumps(data, default=str).encode())
             else:
                 self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
@@ -1037,7 +1048,7 @@ def run(args: argparse.Namespace, name: str) -> int:
     with database.connection(url) as conn:  # fail now, with one line, rather than on the first page
         collect(conn, view, logs, rollup=False)
     try:
-        server = DashboardServer(args.port, url, logs, view, rollup=not args.no_rollup)
+        server = DashboardServer(args.port, url, logs, view, rollup=not args.no_rollup, since=args.since)
     except OSError as exc:
         raise UserError(f"cannot listen on {HOST}:{args.port}: {exc.strerror}") from None
     print(f"dashboard on http://{HOST}:{server.server_address[1]}/ (Ctrl-C stops it)", flush=True)

@@ -323,14 +323,15 @@ TABLES: tuple[TablePanel, ...] = (
         columns=("restaurant", "requests", "conflicts", "full"),
     ),
     # Not in template.yaml yet (its owner adds it; tests/unit/test_panels.py names the exception).
+    # CloudWatch: check_alerts' log of each incident opened and resolved; locally: alert_state.
     TablePanel(
         name="open-incidents",
-        title="Open alert incidents",
+        title="Alert incidents (opened and resolved)",
         log_group="CheckAlertsLogGroup",
         query=(
-            "filter message like /^alert (opened|resolved)$/ | stats latest(message) as state, "
-            "latest(@timestamp) as since by restaurantId, kind, incident | filter state = 'alert opened' "
-            "| sort since desc | limit 20"
+            "filter message like /^alert (open|resolve)$/ "
+            "| fields @timestamp, action, alert, severity, restaurantName, restaurantId, incident "
+            "| sort @timestamp desc | limit 20"
         ),
         columns=("kind", "severity", "restaurant", "incident", "opened", "last seen", "figures"),
     ),

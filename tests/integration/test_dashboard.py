@@ -321,3 +321,27 @@ def test_ctrl_c_stops_the_live_dashboard(traffic):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_thresholds_are_the_alert_checks_settings(traffic, monkeypatch):
+    monkeypatch.setenv("CONFLICT_RATE_THRESHOLD", "0.2")
+    monkeypatch.setenv("RETRY_EXHAUSTED_THRESHOLD", "9")
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", "not-a-url")  # the check's business, not the dashboard's
+    charts = collect(traffic, dashboard.View())["charts"]
+    assert charts["conflict-rate"]["thresholds"][0]["value"] == 20.0
+    assert charts["retries"]["thresholds"][0]["value"] == 9.0
+    monkeypatch.setenv("CONFLICT_RATE_THRESHOLD", "2")
+    with pytest.raises(UserError, match="invalid setting CONFLICT_RATE_THRESHOLD"):
+        collect(traffic, dashboard.View())
+
+
+def test_a_live_since_keeps_sliding(traffic):
+    server = dashboard.DashboardServer(0, traffic, [], dashboard.View(), rollup=False, since="30m")
+    try:
+        data, _, query = server.page_json({})
+        assert query == {"range": "30m"}
+        shown = dt.datetime.fromisoformat(data["meta"]["generatedAt"]) - dt.datetime.fromisoformat(data["meta"]["from"])
+        assert dt.timedelta(minutes=30) <= shown < dt.timedelta(minutes=31)
+        assert server.page_json({"range": "1h"})[2] == {"range": "1h"}  # the page's control wins
+    finally:
+        server.server_close()

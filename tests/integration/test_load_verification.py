@@ -1,10 +1,13 @@
 """The load test's verification against a real PostgreSQL: bookings made through the real
 handler pass; an over-capacity slot planted by SQL (bypassing the guard), duplicate
-Idempotency-Keys and a 201 count that does not match the stored rows each make it fail."""
+Idempotency-Keys and a 201 count that does not match the stored rows each make it fail; so do a
+client history holding an acknowledged booking or cancellation the database lost, a database with
+a duplicated booking, and a fault that never healed."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -212,3 +215,95 @@ def test_only_the_runs_rows_and_events_count(three_bookings: Any, conn: Any) -> 
     assert sum(b.get("requests", 0) for b in timeline) == 4
     assert sum(b.get("conflicts", 0) for b in timeline) == 0
     assert verified.conflicted_requests == 0
+
+
+# --------------------------------------------------------------------------- the history
+
+
+def write_history(path: Any, rows: list[dict[str, Any]]) -> Any:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def acknowledged(conn: Any) -> list[dict[str, Any]]:
+    """A 201 row of the history for every booking of the run, as the diners would have written."""
+    rows = conn.execute(
+        "SELECT id::text AS id, idempotency_key AS key FROM bookings WHERE run_id = %s ORDER BY created_at", (RUN,)
+    ).fetchall()
+    now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    return [{"t": now_ms, "op": "book", "key": r["key"], "status": 201, "bookingId": r["id"]} for r in rows]
+
+
+def test_a_history_that_matches_the_database_passes(three_bookings: Any, conn: Any, tmp_path: Any) -> None:
+    history = write_history(tmp_path / "h.jsonl", acknowledged(conn))
+    verified = load_test.verify_in_database(conn, plan(), SINCE)
+
+    faults = load_test.verify_history(conn, verified, RUN, history, [])
+    report = report_for(verified, aggregate(created=3, replayed_201=1, covers=9))
+
+    assert faults == []
+    assert (verified.acknowledged_lost, verified.cancellations_lost) == (0, 0)
+    assert report["passed"] is True, report["failures"]
+    assert report["verification"]["acknowledgedLost"] == 0
+    assert {c["check"] for c in verified.history_checks} == {
+        "every replay returned the original booking",
+        "no key has two bookings",
+    }
+
+
+def test_an_acknowledged_booking_missing_from_the_database_fails_the_run(
+    three_bookings: Any, conn: Any, tmp_path: Any
+) -> None:
+    rows = acknowledged(conn)
+    rows.append({**rows[0], "key": "lt-lost", "bookingId": str(uuid.uuid4())})  # a 201 nobody stored
+    history = write_history(tmp_path / "h.jsonl", rows)
+    verified = load_test.verify_in_database(conn, plan(), SINCE)
+
+    load_test.verify_history(conn, verified, RUN, history, [])
+    report = report_for(verified, aggregate(created=3, replayed_201=1, covers=9))
+
+    assert verified.acknowledged_lost == 1
+    assert report["verification"]["acknowledgedLost"] == 1
+    assert report["passed"] is False
+    assert any(f.startswith("no acknowledged booking lost") for f in report["failures"])
+
+
+def test_an_acknowledged_cancel_not_in_effect_fails_the_run(three_bookings: Any, conn: Any, tmp_path: Any) -> None:
+    rows = acknowledged(conn)
+    rows.append({"t": rows[0]["t"] + 1, "op": "cancel", "status": 200, "bookingId": rows[0]["bookingId"]})
+    history = write_history(tmp_path / "h.jsonl", rows)
+    verified = load_test.verify_in_database(conn, plan(), SINCE)
+
+    load_test.verify_history(conn, verified, RUN, history, [])
+
+    assert verified.cancellations_lost == 1
+    assert report_for(verified, aggregate(created=3, replayed_201=1, covers=9))["passed"] is False
+
+
+def test_a_database_with_a_duplicated_booking_fails_the_history_check(
+    three_bookings: Any, conn: Any, tmp_path: Any
+) -> None:
+    history = write_history(tmp_path / "h.jsonl", acknowledged(conn))
+    insert_booking(conn, time="19:15", party=2, key="lt-k2")  # a second booking under an existing key
+    verified = load_test.verify_in_database(conn, plan(), SINCE)
+
+    load_test.verify_history(conn, verified, RUN, history, [])
+
+    failed = [c for c in verified.history_checks if not c["passed"]]
+    assert [c["check"] for c in failed] == ["no key has two bookings"]
+    assert "1 keys with more than one" in failed[0]["detail"]
+
+
+def test_a_fault_that_did_not_heal_or_an_empty_history_fails(three_bookings: Any, conn: Any, tmp_path: Any) -> None:
+    verified = load_test.verify_in_database(conn, plan(), SINCE)
+    broken = {"kind": "db-crash", "startedAt": "2026-11-30T01:00:00.000Z", "endedAt": None, "error": "RuntimeError: x"}
+
+    faults = load_test.verify_history(conn, verified, RUN, tmp_path / "none.jsonl", [broken])
+
+    assert faults == [{"kind": "db-crash", "startedAt": broken["startedAt"], "endedAt": None, "recoveredAfterMs": None}]
+    failed = {c["check"] for c in verified.history_checks if not c["passed"]}
+    assert failed == {
+        "answered a booking again after db-crash",
+        "db-crash was injected and healed",
+        "the diners recorded their history",
+    }

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from capacity.figures import COUNTERS_SQL
+from capacity.outcomes import LOAD_TEST_SOURCE
 from capctl import faults as fault_injection
 from capctl import load as load_test
 from capctl import report as reports
@@ -543,7 +544,7 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
             from capctl.database import connection
 
             with connection(database_url) as conn:
-                cleaned = remove_synthetic(conn, source="load-test", run_id=run_id)
+                cleaned = remove_synthetic(conn, source=LOAD_TEST_SOURCE, run_id=run_id)
             print(f"cleanup: {cleaned.describe()}", file=out)
         verdict = "PASSED" if result.passed else "FAILED"
         print(f"demo finished in {time.monotonic() - started:.0f} s: load test {verdict}", file=out, flush=True)
@@ -576,4 +577,4 @@ def _cleanup_quietly(database_url: str, run_id: str) -> None:
     from capctl.database import connection
 
     with contextlib.suppress(Exception), connection(database_url) as conn:
-        remove_synthetic(conn, source="load-test", run_id=run_id)
+        remove_synthetic(conn, source=LOAD_TEST_SOURCE, run_id=run_id)

@@ -886,7 +886,7 @@ def _cleanup(options: LoadOptions, run_id: str, out: TextIO) -> dict[str, Any] |
     from capctl.database import connection
 
     with connection(options.database_url) as conn:
-        result = remove_synthetic(conn, source="load-test", run_id=run_id)
+        result = remove_synthetic(conn, source=LOAD_TEST_SOURCE, run_id=run_id)
     print(f"  cleanup    {result.describe()}", file=out)
     return result.as_json()
 

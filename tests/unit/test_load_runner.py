@@ -385,3 +385,14 @@ def test_faults_are_spread_over_the_contention_phase_and_end_before_the_run() ->
     smoke = faults.schedule(["db-crash"], [("warm-up", 3.0), ("spread", 3.0)])
     assert smoke and 0 < smoke[0] < 6 - 1
     assert faults.scenario_phases(load_test.resolve_path(load_test.SMOKE_SCENARIO))[1] == ("contention", 5.0)
+
+
+def test_the_first_phase_start_starts_the_fault_schedule() -> None:
+    import threading
+
+    started = threading.Event()
+    progress = load_test.Progress(io.StringIO(), started)
+    progress.feed("Test run id: t1\n")
+    assert not started.is_set()
+    progress.feed("Phase started: warm-up (index: 0, duration: 3s) 02:00:00(+0000)\n")
+    assert started.is_set()

@@ -345,3 +345,39 @@ def test_a_live_since_keeps_sliding(traffic):
         assert server.page_json({"range": "1h"})[2] == {"range": "1h"}  # the page's control wins
     finally:
         server.server_close()
+
+
+def test_the_emf_lines_capctl_serve_really_writes(seeded_db, tmp_path, monkeypatch):
+    """Real handler output, not hand-written EMF: 20-cover slot, 12 parties of 2 (10 booked,
+    2 refused) and 2 from a load test; the dashboard counts them as the handler emitted them."""
+    from capctl.serve import LocalApi
+    from tests.support import booking_body
+
+    for name in ("CONFLICT_RATE_THRESHOLD", "RETRY_EXHAUSTED_THRESHOLD", "CONFLICT_MIN_REQUESTS"):
+        monkeypatch.delenv(name, raising=False)
+    log = tmp_path / "serve.log"
+    env = {"POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest", "ENVIRONMENT": "test"}
+    statuses = []
+    with LocalApi(database_url=seeded_db, instances=1, log_path=log, env=env) as api:
+        for i in range(14):
+            body = booking_body(time="19:00" if i < 12 else "20:00", source="load-test" if i >= 12 else "web")
+            request = urllib.request.Request(
+                api.base_url + "/bookings",
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "Idempotency-Key": f"dash-{i}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+    assert statuses == [201] * 10 + [409] * 2 + [201] * 2
+    live = collect(seeded_db, dashboard.View(synthetic=False), [log])
+    assert live["meta"]["bookingSource"].startswith("12 EMF records")
+    outcomes = live["charts"]["outcomes"]
+    assert (sum(values(outcomes, "BookingSuccess")), sum(values(outcomes, "BookingCapacityExceeded"))) == (10, 2)
+    assert max(values(live["charts"]["utilization"], "slot utilization at booking (max)")) == 100.0
+    assert values(live["charts"]["latency"], "p99")  # the handler's own service times
+    synthetic = collect(seeded_db, dashboard.View(synthetic=True), [log])
+    assert sum(values(synthetic["charts"]["outcomes"], "BookingSuccess")) == 2

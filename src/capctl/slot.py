@@ -17,9 +17,9 @@ import json
 import uuid
 from typing import Any
 
-from capacity.alerts import slot_command
 from capacity.changes import changes_of_slot
 from capacity.db import DictConnection
+from capacity.incidents import slot_command
 from capacity.reconcile import load_rules, slot_states
 from capacity.rules import Capacity, Override, WeeklyRule
 from capctl.errors import UserError

@@ -12,9 +12,9 @@ import argparse
 import json
 from typing import Any
 
-from capacity.alerts import slot_command
 from capacity.changes import change_behind
 from capacity.db import DictConnection
+from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
 
 

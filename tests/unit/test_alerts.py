@@ -9,22 +9,20 @@ from uuid import UUID
 
 import pytest
 
-from capacity.alerts import (
+from capacity.alerts import AlertRunSummary, Delivery, DeliveryStatus, notice_for
+from capacity.incidents import (
     Action,
-    AlertRunSummary,
-    Delivery,
+    AlertKind,
     Finding,
     IncidentKey,
     OpenAlert,
     cleared_figures,
     conflict_rate_breached,
-    notice_for,
-    slot_findings,
     plan,
     rate_findings,
     retry_exhaustion_breached,
+    slot_findings,
 )
-from capacity.notifiers import AlertKind
 from capacity.reconcile import SlotState
 from capacity.settings import AlertSettings, SettingsError
 
@@ -239,8 +237,10 @@ class TestSummary:
             channels=["sns"],
             transitions=[opened],
             deliveries=[
-                Delivery("sns", "overbooking", str(A), "opened", "sent"),
-                Delivery("webhook", "overbooking", str(A), "opened", "failed", "", "webhook answered HTTP 500"),
+                Delivery("sns", "overbooking", str(A), "opened", DeliveryStatus.SENT),
+                Delivery(
+                    "webhook", "overbooking", str(A), "opened", DeliveryStatus.FAILED, "", "webhook answered HTTP 500"
+                ),
             ],
         )
         data = summary.as_json()

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -30,10 +29,25 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from psycopg.types.json import Jsonb
 
-from capacity.changes import CapacityChange, change_behind
+from capacity import alert_store as store
+from capacity.changes import change_behind
 from capacity.db import DictConnection
-from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL
-from capacity.notifiers import AlertKind, Channel, DeliveryError, Notice, NoticeType, Notifier
+from capacity.incidents import (
+    SEVERITY,
+    SLOT_ALERTS,
+    Action,
+    AlertKind,
+    IncidentKey,
+    NoticeType,
+    OpenAlert,
+    Transition,
+    plan,
+    rate_findings,
+    slot_figures,
+    slot_findings,
+    slot_key,
+)
+from capacity.notifiers import Channel, DeliveryError, Notice, Notifier
 from capacity.outcomes import EventType
 from capacity.reconcile import SlotState, slot_states
 from capacity.settings import AlertSettings
@@ -44,95 +58,16 @@ _ALERTS_LOCK_ID = 7_347_203
 RECONCILE_SOURCE = "reconcile"
 
 
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    WARNING = "warning"
+class DeliveryStatus(StrEnum):
+    """What became of one notice on one channel in a run."""
 
-
-class Action(StrEnum):
-    OPEN = "open"
-    REMIND = "remind"
-    UPDATE = "update"  # still open, inside the cooldown: figures refreshed, nobody notified
-    RESOLVE = "resolve"
-
-
-SEVERITY = {
-    AlertKind.OVERBOOKING: Severity.CRITICAL,
-    AlertKind.CAPACITY_BELOW_BOOKINGS: Severity.WARNING,
-    AlertKind.CONFLICT_RATE: Severity.WARNING,
-    AlertKind.RETRY_EXHAUSTION: Severity.WARNING,
-}
-
-
-# Alerts about one slot (their incident is the slot); the others are per restaurant.
-SLOT_ALERTS = frozenset({AlertKind.OVERBOOKING, AlertKind.CAPACITY_BELOW_BOOKINGS})
-MAX_BOOKING_IDS = 20  # booking ids carried by a notice; `capctl slot show` lists them all
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class IncidentKey:
-    restaurant_id: UUID
-    kind: AlertKind
-    incident: str = ""  # the slot 'YYYY-MM-DD HH:MM' for the slot alerts, '' for the rate alerts
-
-    @property
-    def slot(self) -> tuple[dt.date, dt.time] | None:
-        if self.kind not in SLOT_ALERTS:
-            return None
-        date, time = self.incident.split(" ")
-        return dt.date.fromisoformat(date), dt.time.fromisoformat(time)
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """A condition that holds now."""
-
-    key: IncidentKey
-    restaurant_name: str
-    figures: dict[str, Any]
-
-    @property
-    def severity(self) -> Severity:
-        return SEVERITY[self.key.kind]
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAlert:
-    id: int
-    key: IncidentKey
-    restaurant_name: str
-    opened_at: dt.datetime
-    last_notified_at: dt.datetime
-    figures: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    action: Action
-    key: IncidentKey
-    restaurant_name: str
-    figures: dict[str, Any]
-    opened_at: dt.datetime
-    alert_id: int | None = None  # None until an opened incident is stored
-
-    @property
-    def notice_type(self) -> NoticeType | None:
-        return {
-            Action.OPEN: NoticeType.OPENED,
-            Action.REMIND: NoticeType.REMINDER,
-            Action.RESOLVE: NoticeType.RESOLVED,
-        }.get(self.action)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action.value,
-            "alert": self.key.kind.value,
-            "restaurantId": str(self.key.restaurant_id),
-            "restaurantName": self.restaurant_name,
-            "incident": self.key.incident,
-            "severity": SEVERITY[self.key.kind].value,
-            "figures": self.figures,
-        }
+    SENT = "sent"  # the channel accepted it
+    FAILED = "failed"  # the channel refused it: retried by the next run
+    DEFERRED = "deferred"  # the channel failed earlier in this run: tried by the next run
+    EXPIRED = "expired"  # unsent for longer than RETRY_HORIZON: given up, never marked sent
+    NO_CHANNEL = "no-channel"  # queued for a channel this run has no configuration for
+    WOULD_SEND = "would-send"  # dry run: a new notice
+    WOULD_RETRY = "would-retry"  # dry run: an unsent notice waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +76,22 @@ class Delivery:
     alert: str
     restaurant_id: str
     notice: str
-    status: str  # sent | failed | deferred | expired | no-channel | would-send | would-retry
+    status: DeliveryStatus
     incident: str = ""
     error: str | None = None
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any], status: DeliveryStatus, error: str | None = None) -> Delivery:
+        """A queued notice (an ``alert_deliveries`` row joined to its incident) and its fate."""
+        return cls(
+            channel=row["channel"],
+            alert=row["kind"],
+            restaurant_id=str(row["restaurant_id"]),
+            notice=row["notice"],
+            status=status,
+            incident=row["incident_key"],
+            error=error,
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -152,7 +100,7 @@ class Delivery:
             "restaurantId": self.restaurant_id,
             "incident": self.incident,
             "notice": self.notice,
-            "status": self.status,
+            "status": self.status.value,
             "error": self.error,
         }
 
@@ -189,11 +137,11 @@ class AlertRunSummary:
 
     @property
     def delivery_failures(self) -> int:
-        return sum(1 for d in self.deliveries if d.status == "failed")
+        return sum(1 for d in self.deliveries if d.status is DeliveryStatus.FAILED)
 
     @property
     def sent(self) -> int:
-        return sum(1 for d in self.deliveries if d.status == "sent")
+        return sum(1 for d in self.deliveries if d.status is DeliveryStatus.SENT)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -212,175 +160,6 @@ class AlertRunSummary:
             "transitions": [t.as_json() for t in self.transitions],
             "deliveries": [d.as_json() for d in self.deliveries],
         }
-
-
-# -- pure decisions --------------------------------------------------------------------------
-
-
-def conflict_rate_breached(requests: int, conflicts: int, threshold: float, min_requests: int) -> bool:
-    """Strictly above the threshold, with at least ``min_requests`` (exactly 5 % does not fire)."""
-    if requests <= 0 or requests < min_requests:
-        return False
-    # Exact arithmetic: 2 of 40 against 0.05 must compare equal, not by a float's last bit.
-    return Decimal(conflicts) / Decimal(requests) > Decimal(str(threshold))
-
-
-def retry_exhaustion_breached(retry_exhausted: int, threshold: int) -> bool:
-    return retry_exhausted > threshold
-
-
-def slot_key(date: dt.date, time: dt.time) -> str:
-    return f"{date.isoformat()} {time.strftime('%H:%M')}"
-
-
-def slot_command(restaurant_id: UUID, date: dt.date, time: dt.time) -> str:
-    """The first command an operator runs for a slot an alert names."""
-    return f"capctl slot show {restaurant_id} {date.isoformat()} {time.strftime('%H:%M')}"
-
-
-def slot_alert_kind(state: SlotState) -> AlertKind | None:
-    if state.over_capacity:
-        return AlertKind.OVERBOOKING
-    if state.below_bookings:
-        return AlertKind.CAPACITY_BELOW_BOOKINGS
-    return None
-
-
-def slot_figures(state: SlotState, timezone: str = "", change: CapacityChange | None = None) -> dict[str, Any]:
-    figures: dict[str, Any] = {
-        "date": state.date.isoformat(),
-        "time": state.time.strftime("%H:%M"),
-        "timezone": timezone,
-        "maxCovers": state.max_covers,
-        "acceptedMaxCovers": state.accepted_max_covers,
-        "confirmedCovers": state.confirmed_covers,
-        "bookings": state.bookings,
-        "bookingIds": [str(b) for b in state.booking_ids[-MAX_BOOKING_IDS:]],
-        "command": slot_command(state.restaurant_id, state.date, state.time),
-    }
-    if change is not None:
-        figures["change"] = change.as_json()
-    return figures
-
-
-def slot_findings(
-    states: Iterable[SlotState],
-    restaurants: dict[UUID, dict[str, Any]],
-    changes: dict[tuple[UUID, dt.date, dt.time], CapacityChange | None] | None = None,
-) -> list[Finding]:
-    """An overbooked slot (critical) or a slot whose capacity was lowered below its bookings
-    (warning), never both."""
-    findings = []
-    for s in states:
-        kind = slot_alert_kind(s)
-        if kind is None:
-            continue
-        restaurant = restaurants.get(s.restaurant_id, {})
-        change = (changes or {}).get((s.restaurant_id, s.date, s.time))
-        findings.append(
-            Finding(
-                IncidentKey(s.restaurant_id, kind, slot_key(s.date, s.time)),
-                restaurant.get("name", ""),
-                slot_figures(s, restaurant.get("timezone", ""), change),
-            )
-        )
-    return findings
-
-
-def rate_figures(
-    row: dict[str, Any], settings: AlertSettings, start: dt.datetime, end: dt.datetime
-) -> dict[AlertKind, dict[str, Any]]:
-    """The figures of both rate alerts for one restaurant's row of counters."""
-    requests = int(row["requests"])
-    common = {
-        "requests": requests,
-        "windowStart": _iso(start),
-        "windowEnd": _iso(end),
-        "includesLoadTest": settings.include_load_test,
-    }
-    conflicts = int(row["conflicts"])
-    return {
-        AlertKind.CONFLICT_RATE: {
-            **common,
-            "conflicts": conflicts,
-            "conflictRate": round(conflicts / requests, 6) if requests else 0.0,
-            "threshold": settings.conflict_rate_threshold,
-            "minRequests": settings.conflict_min_requests,
-        },
-        AlertKind.RETRY_EXHAUSTION: {
-            **common,
-            "retryExhausted": int(row["retry_exhausted"]),
-            "threshold": settings.retry_exhausted_threshold,
-        },
-    }
-
-
-def rate_findings(
-    rows: Iterable[dict[str, Any]],
-    names: dict[UUID, str],
-    settings: AlertSettings,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> tuple[list[Finding], dict[IncidentKey, dict[str, Any]]]:
-    """Breached rate alerts, and the figures of every restaurant looked at (for resolve notices)."""
-    findings: list[Finding] = []
-    observed: dict[IncidentKey, dict[str, Any]] = {}
-    for row in rows:
-        rid = row["restaurant_id"]
-        figures = rate_figures(row, settings, start, end)
-        for kind, values in figures.items():
-            observed[IncidentKey(rid, kind)] = values
-        requests, conflicts = int(row["requests"]), int(row["conflicts"])
-        if conflict_rate_breached(
-            requests, conflicts, settings.conflict_rate_threshold, settings.conflict_min_requests
-        ):
-            key = IncidentKey(rid, AlertKind.CONFLICT_RATE)
-            findings.append(Finding(key, names.get(rid, ""), figures[AlertKind.CONFLICT_RATE]))
-        if retry_exhaustion_breached(int(row["retry_exhausted"]), settings.retry_exhausted_threshold):
-            key = IncidentKey(rid, AlertKind.RETRY_EXHAUSTION)
-            findings.append(Finding(key, names.get(rid, ""), figures[AlertKind.RETRY_EXHAUSTION]))
-    return findings, observed
-
-
-def cleared_figures(alert: OpenAlert, observed: dict[IncidentKey, dict[str, Any]]) -> dict[str, Any]:
-    """Figures for a resolve notice: the current ones when known, else the last seen."""
-    if alert.key in observed:
-        return observed[alert.key]
-    if alert.key.kind in SLOT_ALERTS:
-        # Not among the slots holding confirmed bookings: nothing is booked there any more.
-        return {**alert.figures, "confirmedCovers": 0, "bookings": 0, "bookingIds": []}
-    return {**alert.figures, "requests": 0, "conflicts": 0, "conflictRate": 0.0, "retryExhausted": 0}
-
-
-def plan(
-    findings: Sequence[Finding],
-    open_alerts: Sequence[OpenAlert],
-    *,
-    now: dt.datetime,
-    cooldown: dt.timedelta,
-    observed: dict[IncidentKey, dict[str, Any]] | None = None,
-) -> list[Transition]:
-    """The state machine: what happens to each incident at ``now``."""
-    current = {a.key: a for a in open_alerts}
-    transitions: list[Transition] = []
-    seen: set[IncidentKey] = set()
-    for f in sorted(findings, key=lambda f: f.key):
-        if f.key in seen:
-            continue
-        seen.add(f.key)
-        alert = current.get(f.key)
-        if alert is None:
-            transitions.append(Transition(Action.OPEN, f.key, f.restaurant_name, f.figures, now))
-            continue
-        action = Action.REMIND if now - alert.last_notified_at >= cooldown else Action.UPDATE
-        transitions.append(Transition(action, f.key, f.restaurant_name, f.figures, alert.opened_at, alert.id))
-    for alert in sorted(open_alerts, key=lambda a: a.key):
-        if alert.key not in seen:
-            figures = cleared_figures(alert, observed or {})
-            transitions.append(
-                Transition(Action.RESOLVE, alert.key, alert.restaurant_name, figures, alert.opened_at, alert.id)
-            )
-    return transitions
 
 
 def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime) -> Notice:
@@ -409,89 +188,6 @@ def runbook_link(base: str | None, kind: AlertKind) -> str:
     if base is None:
         return f"docs/capacity/runbook.md#{anchor} in the capacity engine repository (set RUNBOOK_URL for a link)"
     return f"{base}#{anchor}"
-
-
-# -- SQL -------------------------------------------------------------------------------------
-
-_RESTAURANTS = "SELECT id, name, timezone FROM restaurants ORDER BY id"
-
-_RATES = f"""
-SELECT e.restaurant_id, {COUNTERS_SQL}
-  FROM observability_events e
- WHERE e.occurred_at > %(start)s AND e.occurred_at <= %(end)s
-   -- events outlive a deleted restaurant; an incident needs a restaurant to belong to
-   AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
-   AND (%(include_load_test)s OR NOT {SYNTHETIC_SQL})
- GROUP BY e.restaurant_id
- ORDER BY e.restaurant_id
-"""
-
-_OPEN_ALERTS = """
-SELECT a.id, a.restaurant_id, a.kind, a.incident_key, a.opened_at, a.last_notified_at, a.figures, r.name
-  FROM alert_state a JOIN restaurants r ON r.id = a.restaurant_id
- WHERE a.status = 'open'
- ORDER BY a.id
-"""
-
-_INSERT_ALERT = """
-INSERT INTO alert_state (restaurant_id, kind, incident_key, severity, status, opened_at, last_seen_at,
-                         last_notified_at, figures)
-VALUES (%(restaurant_id)s, %(kind)s, %(incident)s, %(severity)s, 'open', %(now)s, %(now)s, %(now)s, %(figures)s)
-RETURNING id
-"""
-
-_REMIND_ALERT = """
-UPDATE alert_state SET last_seen_at = %(now)s, last_notified_at = %(now)s, figures = %(figures)s
- WHERE id = %(id)s AND status = 'open'
-"""
-
-_UPDATE_ALERT = """
-UPDATE alert_state SET last_seen_at = %(now)s, figures = %(figures)s WHERE id = %(id)s AND status = 'open'
-"""
-
-_RESOLVE_ALERT = """
-UPDATE alert_state SET status = 'resolved', resolved_at = %(now)s, figures = %(figures)s
- WHERE id = %(id)s AND status = 'open'
-"""
-
-_QUEUE = """
-INSERT INTO alert_deliveries (alert_id, notice, channel, status, message, created_at)
-VALUES (%(alert_id)s, %(notice)s, %(channel)s, 'pending', %(message)s, %(now)s)
-"""
-
-# An incident opened while a channel was not configured (or before it was added) is announced
-# to that channel by the next run that still sees it: once, as an 'opened' notice.
-_QUEUE_UNANNOUNCED = """
-INSERT INTO alert_deliveries (alert_id, notice, channel, status, message, created_at)
-SELECT %(alert_id)s, 'opened', %(channel)s, 'pending', %(message)s, %(now)s
- WHERE NOT EXISTS (SELECT 1 FROM alert_deliveries WHERE alert_id = %(alert_id)s AND channel = %(channel)s)
-"""
-
-_DETECTED_EVENT = """
-INSERT INTO observability_events (event_type, restaurant_id, occurred_at, metadata)
-VALUES (%(event_type)s, %(restaurant_id)s, %(now)s, %(metadata)s)
-"""
-
-_UNSENT = """
-SELECT d.id, d.channel, d.notice, d.message, d.created_at, a.kind, a.restaurant_id, a.incident_key
-  FROM alert_deliveries d JOIN alert_state a ON a.id = d.alert_id
- WHERE d.status IN ('pending', 'failed')
- ORDER BY d.created_at, d.id
-"""
-
-_MARK_SENT = """
-UPDATE alert_deliveries SET status = 'sent', attempts = attempts + 1, last_attempt_at = %(now)s,
-       sent_at = %(now)s, last_error = NULL
- WHERE id = %(id)s
-"""
-
-_MARK_FAILED = """
-UPDATE alert_deliveries SET status = 'failed', attempts = attempts + 1, last_attempt_at = %(now)s,
-       last_error = %(error)s
- WHERE id = %(id)s
-"""
-
-_MARK_EXPIRED = "UPDATE alert_deliveries SET status = 'expired' WHERE id = %(id)s"
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -530,7 +226,7 @@ class AlertChecker:
         return summary
 
     def _run(self, conn: DictConnection, now: dt.datetime, summary: AlertRunSummary) -> None:
-        restaurants = conn.execute(_RESTAURANTS).fetchall()
+        restaurants = conn.execute(store.RESTAURANTS).fetchall()
         by_id = {r["id"]: r for r in restaurants}
         names = {r["id"]: r["name"] for r in restaurants}
         summary.restaurants = len(restaurants)
@@ -555,7 +251,7 @@ class AlertChecker:
         observed.update({f.key: f.figures for f in findings})
         start = now - RATE_WINDOW
         rows = conn.execute(
-            _RATES, {"start": start, "end": now, "include_load_test": self.settings.include_load_test}
+            store.RATES, {"start": start, "end": now, "include_load_test": self.settings.include_load_test}
         ).fetchall()
         rates, rate_observed = rate_findings(rows, names, self.settings, start, now)
         findings += rates
@@ -580,7 +276,7 @@ class AlertChecker:
                 last_notified_at=r["last_notified_at"],
                 figures=r["figures"],
             )
-            for r in conn.execute(_OPEN_ALERTS)
+            for r in conn.execute(store.OPEN_ALERTS)
         ]
 
     def _slot_states(
@@ -632,7 +328,7 @@ class AlertChecker:
                 params: dict[str, Any] = {"now": now, "figures": Jsonb(t.figures), "id": t.alert_id}
                 if t.action is Action.OPEN:
                     row = conn.execute(
-                        _INSERT_ALERT,
+                        store.INSERT_ALERT,
                         {
                             **params,
                             "restaurant_id": t.key.restaurant_id,
@@ -646,17 +342,17 @@ class AlertChecker:
                     if t.key.kind is AlertKind.OVERBOOKING:
                         self._record_detection(conn, t, now)
                 elif t.action is Action.REMIND:
-                    conn.execute(_REMIND_ALERT, params)
+                    conn.execute(store.REMIND_ALERT, params)
                 elif t.action is Action.UPDATE:
-                    conn.execute(_UPDATE_ALERT, params)
+                    conn.execute(store.UPDATE_ALERT, params)
                     self._announce_to_new_channels(conn, t, now)
                 else:
-                    conn.execute(_RESOLVE_ALERT, params)
+                    conn.execute(store.RESOLVE_ALERT, params)
                 if t.notice_type is not None:
                     message = Jsonb(notice_for(t, self.settings, now).as_json())
                     for channel in self.notifiers:
                         conn.execute(
-                            _QUEUE,
+                            store.QUEUE,
                             {
                                 "alert_id": t.alert_id,
                                 "notice": t.notice_type.value,
@@ -672,7 +368,8 @@ class AlertChecker:
         message = Jsonb(notice_for(replace(t, action=Action.OPEN), self.settings, now).as_json())
         for channel in self.notifiers:
             conn.execute(
-                _QUEUE_UNANNOUNCED, {"alert_id": t.alert_id, "channel": channel.value, "message": message, "now": now}
+                store.QUEUE_UNANNOUNCED,
+                {"alert_id": t.alert_id, "channel": channel.value, "message": message, "now": now},
             )
 
     def _record_detection(self, conn: DictConnection, t: Transition, now: dt.datetime) -> None:
@@ -690,7 +387,7 @@ class AlertChecker:
             "alertId": t.alert_id,
         }
         conn.execute(
-            _DETECTED_EVENT,
+            store.DETECTED_EVENT,
             {
                 "event_type": EventType.OVERBOOK_DETECTED.value,
                 "restaurant_id": t.key.restaurant_id,
@@ -704,60 +401,45 @@ class AlertChecker:
         run (its other notices wait for the next one); the other channel carries on."""
         results: list[Delivery] = []
         failed: set[str] = set()
-        for row in conn.execute(_UNSENT).fetchall():
-            channel = row["channel"]
-            result = Delivery(
-                channel=channel,
-                alert=row["kind"],
-                restaurant_id=str(row["restaurant_id"]),
-                notice=row["notice"],
-                status="",
-                incident=row["incident_key"],
-            )
-            if now - row["created_at"] > RETRY_HORIZON:
-                conn.execute(_MARK_EXPIRED, {"id": row["id"]})
-                results.append(replace(result, status="expired"))
-                continue
-            notifier = self.notifiers.get(Channel(channel))
-            if notifier is None:
-                results.append(replace(result, status="no-channel"))
-                continue
-            if channel in failed:
-                results.append(replace(result, status="deferred"))
-                continue
-            try:
-                notifier.send(Notice.from_json(row["message"]))
-            except Exception as exc:
-                # Anything unexpected is a failed delivery too: the other channel carries on.
-                error = str(exc) if isinstance(exc, DeliveryError) else f"unexpected {type(exc).__name__}"
-                failed.add(channel)
-                conn.execute(_MARK_FAILED, {"id": row["id"], "now": now, "error": error[:500]})
-                results.append(replace(result, status="failed", error=error))
-                continue
-            conn.execute(_MARK_SENT, {"id": row["id"], "now": now})
-            results.append(replace(result, status="sent"))
+        for row in conn.execute(store.UNSENT).fetchall():
+            status, error = self._send(conn, row, now, failed)
+            results.append(Delivery.of_row(row, status, error))
         return results
+
+    def _send(
+        self, conn: DictConnection, row: dict[str, Any], now: dt.datetime, failed: set[str]
+    ) -> tuple[DeliveryStatus, str | None]:
+        """One queued notice: expire it, skip it, or send it and record what the channel said."""
+        channel = row["channel"]
+        if now - row["created_at"] > RETRY_HORIZON:
+            conn.execute(store.MARK_EXPIRED, {"id": row["id"]})
+            return DeliveryStatus.EXPIRED, None
+        notifier = self.notifiers.get(Channel(channel))
+        if notifier is None:
+            return DeliveryStatus.NO_CHANNEL, None
+        if channel in failed:
+            return DeliveryStatus.DEFERRED, None
+        try:
+            notifier.send(Notice.from_json(row["message"]))
+        except Exception as exc:
+            # Anything unexpected is a failed delivery too: the other channel carries on.
+            error = str(exc) if isinstance(exc, DeliveryError) else f"unexpected {type(exc).__name__}"
+            failed.add(channel)
+            conn.execute(store.MARK_FAILED, {"id": row["id"], "now": now, "error": error[:500]})
+            return DeliveryStatus.FAILED, error
+        conn.execute(store.MARK_SENT, {"id": row["id"], "now": now})
+        return DeliveryStatus.SENT, None
 
     def _preview(self, conn: DictConnection, transitions: list[Transition]) -> list[Delivery]:
         """What a real run would send: the retries waiting, then the new notices."""
-        waiting = [
-            Delivery(
-                channel=row["channel"],
-                alert=row["kind"],
-                restaurant_id=str(row["restaurant_id"]),
-                notice=row["notice"],
-                status="would-retry",
-                incident=row["incident_key"],
-            )
-            for row in conn.execute(_UNSENT).fetchall()
-        ]
+        waiting = [Delivery.of_row(row, DeliveryStatus.WOULD_RETRY) for row in conn.execute(store.UNSENT).fetchall()]
         new = [
             Delivery(
                 channel=channel.value,
                 alert=t.key.kind.value,
                 restaurant_id=str(t.key.restaurant_id),
                 notice=t.notice_type.value,
-                status="would-send",
+                status=DeliveryStatus.WOULD_SEND,
                 incident=t.key.incident,
             )
             for t in transitions

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from capacity.incidents import AlertKind, NoticeType
 from capacity.settings import AlertSettings
 
 SUBJECT_MAX = 100  # SNS Subject limit (ASCII, no line breaks)
@@ -27,19 +28,6 @@ WEBHOOK_TIMEOUT_S = 5.0
 class Channel(StrEnum):
     SNS = "sns"
     WEBHOOK = "webhook"
-
-
-class AlertKind(StrEnum):
-    OVERBOOKING = "overbooking"  # a guard failure: covers over the capacity they were accepted under
-    CAPACITY_BELOW_BOOKINGS = "capacity_below_bookings"  # capacity lowered below covers already accepted
-    CONFLICT_RATE = "conflict_rate"
-    RETRY_EXHAUSTION = "retry_exhaustion"
-
-
-class NoticeType(StrEnum):
-    OPENED = "opened"
-    REMINDER = "reminder"
-    RESOLVED = "resolved"
 
 
 class DeliveryError(Exception):

@@ -114,10 +114,14 @@ def acknowledged_bookings(history: Iterable[Outcome]) -> dict[str, str]:
 def lost_acknowledgements(history: Iterable[Outcome], stored: Mapping[str, StoredBooking]) -> list[dict[str, Any]]:
     """Every 201 whose booking is not stored under that id and key: an acknowledged booking lost."""
     lost = []
-    for key, booking_id in acknowledged_bookings(history).items():
-        row = stored.get(booking_id)
-        if row is None or row.key != key:
-            lost.append({"key": key, "bookingId": booking_id, "stored": row is not None})
+    seen: set[tuple[str, str]] = set()
+    for o in history:
+        if o.op != BOOK or o.status != 201 or not o.key or not o.booking_id or (o.key, o.booking_id) in seen:
+            continue
+        seen.add((o.key, o.booking_id))
+        row = stored.get(o.booking_id)
+        if row is None or row.key != o.key:
+            lost.append({"key": o.key, "bookingId": o.booking_id, "stored": row is not None})
     return lost
 
 

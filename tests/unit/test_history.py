@@ -55,6 +55,15 @@ def test_a_201_whose_booking_is_not_stored_is_an_acknowledgement_lost() -> None:
     assert not verdict.passed
 
 
+def test_every_201_counts_not_only_the_first_of_its_key() -> None:
+    history = [*CONSISTENT, book(T0 + 2000, "k2", "b-ghost", replayed=True)]
+
+    verdict = hist.check_history(history, STORED)
+
+    assert verdict.acknowledged_lost == 1
+    assert checks_by_name(verdict)["every replay returned the original booking"] is False
+
+
 def test_a_booking_stored_under_another_key_does_not_count_as_the_acknowledged_one() -> None:
     verdict = hist.check_history(CONSISTENT, [stored("b1", "k1", "cancelled"), stored("b2", "other")])
 

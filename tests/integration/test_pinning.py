@@ -15,6 +15,8 @@ sharded PostgreSQL (Citus, distributed by ``restaurant_id``) can route it to one
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ import pytest
 
 from capctl.apigw import LambdaContext, rest_event
 from capctl.handlers import load_handler
+from tests.integration.test_booking_path import event_types
 from tests.support import CLOSED_DATE, FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
 
 PINNING: dict[str, re.Pattern[str]] = {
@@ -151,11 +154,6 @@ def booking_function(seeded_db: str, handler_env: Callable[..., None]) -> Iterat
 
 
 class TestBookingFunctionDoesNotPin:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the guarded write takes pg_try_advisory_xact_lock for in-flight duplicates; "
-        "it goes with the repository hand-over (issue 11)",
-    )
     def test_no_statement_of_any_route_pins(self, booking_function, sent, conn):
         every_booking_path(booking_function)
         assert len(sent.statements) >= 10
@@ -236,3 +234,58 @@ class TestBookingPathIsShardable:
         for statement, params in sent.statements:
             values = {str(v) for v in (params.values() if isinstance(params, dict) else params or ())}
             assert RESTAURANT_ID in values, f"not keyed by restaurant_id: {' '.join(statement.split())[:160]}"
+
+
+def book_in_an_open_transaction(url: str, key: str) -> tuple[psycopg.Connection[Any], Any]:
+    """The real booking service writing ``booking_body()`` under ``key`` on a connection whose
+    transaction stays open: a duplicate's original, in flight. Commit the connection to land it."""
+    from capacity.booking import BookingService, Caller
+    from capacity.db import Database
+    from capacity.models import BookingRequest
+    from capacity.settings import BookingSettings
+
+    settings = BookingSettings.from_env({"DATABASE_URL": url})
+    original = psycopg.connect(url, row_factory=psycopg.rows.dict_row)  # not autocommit: stays open
+    service = BookingService(Database(settings), settings)
+    service.db.connection = lambda: original  # type: ignore[method-assign]
+    result = service.book(
+        BookingRequest.model_validate(booking_body()), Caller(tenant="id-tenant-a", idempotency_key=key)
+    )
+    assert result.status == 201
+    return original, result
+
+
+def duplicate_while_in_flight(module: Any, watcher: Any, url: str) -> tuple[Any, Any]:
+    """A duplicate sent while its original is uncommitted: it waits on the key's index entry;
+    the original commits; the duplicate's answer and the original's result."""
+    original, result = book_in_an_open_transaction(url, "in-flight")
+    answers: list[Any] = []
+    duplicate = threading.Thread(
+        target=lambda: answers.append(invoke(module, post_booking_event(booking_body(), key="in-flight")))
+    )
+    duplicate.start()
+    try:
+        for _ in range(400):  # until the duplicate's write waits on the original's transaction
+            if watcher.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()["n"]:
+                break
+            time.sleep(0.025)
+        else:
+            raise AssertionError("the duplicate never waited on the original")
+    finally:
+        original.commit()
+        original.close()
+        duplicate.join()
+    return answers[0], result
+
+
+class TestInFlightDuplicatesWithoutAdvisoryLock:
+    def test_a_duplicate_in_flight_waits_for_the_original_and_replays_it(self, booking_function, seeded_db, conn):
+        (status, headers, body), original = duplicate_while_in_flight(booking_function, conn, seeded_db)
+        assert status == 201 and headers["Idempotent-Replayed"] == "true"
+        assert body == original.body
+        assert [str(r["id"]) for r in conn.execute("SELECT id FROM bookings")] == [original.body["booking"]["id"]]
+        assert conn.execute("SELECT booked_covers FROM slot_usage").fetchone()["booked_covers"] == 2
+        assert event_types(conn) == {"booking.success": 1}

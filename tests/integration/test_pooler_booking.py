@@ -17,6 +17,7 @@ import pytest
 
 from capacity import repository
 from tests.integration.test_booking_path import event_types, slot_covers
+from tests.integration.test_pinning import duplicate_while_in_flight
 from tests.support import booking_body, invoke, invoke_concurrently, lambda_instances, post_booking_event
 
 pytest_plugins = ("tests.pooler",)  # pooler, own_pooler, pooled_app, pooled_app_for
@@ -59,6 +60,12 @@ class TestThroughThePooler:
         rows = conn.execute("SELECT id FROM bookings").fetchall()
         assert [str(r["id"]) for r in rows] == [created[0]["booking"]["id"]]
         assert event_types(conn) == {"booking.success": 1}
+
+    def test_a_duplicate_in_flight_waits_for_the_original_and_replays_it(self, pooled_app, pooler, seeded_db, conn):
+        (status, headers, body), original = duplicate_while_in_flight(pooled_app, conn, pooler.url(seeded_db))
+        assert status == 201 and headers["Idempotent-Replayed"] == "true" and body == original.body
+        assert [str(r["id"]) for r in conn.execute("SELECT id FROM bookings")] == [original.body["booking"]["id"]]
+        assert slot_covers(conn) == 2 and event_types(conn) == {"booking.success": 1}
 
     def test_replay_and_key_reuse(self, pooled_app, conn):
         first = invoke(pooled_app, post_booking_event(booking_body(), key="k"))

@@ -116,10 +116,9 @@ class BookingService:
             attempt = len(failures) + 1
             try:
                 return self._attempt(request, caller, fp, attempt, failures)
-            except repo.KeyInFlight:
-                raise self._in_flight() from None
             except repo.DuplicateKey:
-                # A concurrent request with this key committed first: the next read replays it.
+                # A concurrent request with this key committed first (if it was in flight, this
+                # request's write waited for it on the key's index entry): the next read replays it.
                 duplicates += 1
                 if duplicates > 2:
                     raise self._in_flight() from None

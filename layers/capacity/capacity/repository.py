@@ -65,11 +65,8 @@ class NewBooking:
 
 
 class DuplicateKey(Exception):
-    """Another request with the same (tenant, Idempotency-Key) committed first."""
-
-
-class KeyInFlight(Exception):
-    """Another request with the same (tenant, Idempotency-Key) is being written right now."""
+    """Another request with the same (tenant, Idempotency-Key) committed first (perhaps while
+    this one waited for it on the key's index entry)."""
 
 
 # The rules of one date: weekly rules of its ISO weekday and its overrides, as JSON arrays.
@@ -111,18 +108,16 @@ SELECT slot_time, booked_covers FROM slot_usage WHERE restaurant_id = %(restaura
 # The guarded write: one statement, so one transaction in autocommit. The conditional upsert on
 # the slot's usage row is the only point where concurrent bookings of a slot serialise; every
 # later sub-statement reads its RETURNING, so nothing is written when the slot is full.
-# Idempotency, twice over: a transaction-scoped advisory lock on (tenant, key), tried without
-# waiting, tells a request that a duplicate is in flight right now (nothing is written); and the
-# key's primary key makes a duplicate that started after the first committed fail with a unique
-# violation, which rolls back its whole statement (usage, booking, events).
+# Idempotency rests on the key's primary key alone (no advisory lock: an advisory-lock function
+# pins the connection behind RDS Proxy). A duplicate that writes while the first is in flight
+# waits on the key's index entry until the first commits, then fails with a unique violation,
+# which rolls back its whole statement (usage, booking, events); the caller re-reads and replays
+# the original. A duplicate that starts after the first committed fails the same way at once.
 _BOOK = """
-WITH key_lock AS (
-    SELECT pg_try_advisory_xact_lock(hashtextextended(%(tenant)s || ' ' || %(key)s, 0)) AS free
-), usage AS (
+WITH usage AS (
     INSERT INTO slot_usage AS u (restaurant_id, slot_date, slot_time, booked_covers)
     SELECT %(restaurant_id)s, %(date)s, %(time)s, %(party_size)s
-     WHERE (SELECT free FROM key_lock)
-       AND (%(max_covers)s::int IS NULL OR %(party_size)s <= %(max_covers)s::int)
+     WHERE %(max_covers)s::int IS NULL OR %(party_size)s <= %(max_covers)s::int
     ON CONFLICT (restaurant_id, slot_date, slot_time) DO UPDATE
        SET booked_covers = u.booked_covers + EXCLUDED.booked_covers
      WHERE %(max_covers)s::int IS NULL OR u.booked_covers + EXCLUDED.booked_covers <= %(max_covers)s::int
@@ -151,7 +146,7 @@ WITH key_lock AS (
     SELECT e ->> 'type', %(restaurant_id)s, e -> 'metadata'
       FROM jsonb_array_elements(%(events)s::jsonb) AS e, booking
 )
-SELECT (SELECT free FROM key_lock) AS key_free, (SELECT response FROM claim) AS response
+SELECT (SELECT response FROM claim) AS response
 """
 
 # A refusal (full or closed slot): its events and its idempotency record, one statement. The
@@ -279,8 +274,8 @@ def book(
 ) -> dict[str, Any] | None:
     """The guarded write. Returns the stored 201 body, or None when the slot had no room.
 
-    Raises ``KeyInFlight`` when a request with the same key is being written concurrently and
-    ``DuplicateKey`` when one committed since this request's read; nothing is written then.
+    Raises ``DuplicateKey`` when a request with the same key committed since this request's read
+    (if it was still in flight, after waiting for it to commit); nothing is written then.
     """
     params = {
         "restaurant_id": booking.restaurant_id,
@@ -308,8 +303,6 @@ def book(
     except errors.UniqueViolation as exc:
         raise DuplicateKey from exc
     assert row is not None
-    if not row["key_free"]:
-        raise KeyInFlight
     response: dict[str, Any] | None = row["response"]
     return response
 

@@ -320,8 +320,11 @@ def _on_undecodable_body(_: UnicodeDecodeError) -> Response[Any]:
 @app.exception_handler(RequestUnsupportedContentType)
 def _on_content_type(_: RequestUnsupportedContentType) -> Response[Any]:
     # Not reached for POST /bookings (lambda_handler answers 415 first); kept for any other body.
-    problem = media_type_refusal({"Content-Type": "unsupported"})
-    assert problem is not None
+    problem = ProblemError(
+        ProblemCode.UNSUPPORTED_MEDIA_TYPE,
+        "The request body must be JSON: send Content-Type: application/json.",
+        headers={"Accept-Post": JSON_MEDIA_TYPE},
+    )
     return problem_response(problem, _request_id())
 
 

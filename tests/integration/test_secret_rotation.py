@@ -184,3 +184,25 @@ def test_a_warm_booking_function_books_again_after_a_rotation(vault, seeded_db, 
     finally:
         module.service.db.close()
         settings.booking_settings.cache_clear()
+
+
+def test_secrets_manager_failing_is_unavailable_at_first_and_keeps_the_old_url_later(monkeypatch):
+    import capacity.db as db_module
+
+    settings = DatabaseSettings.from_env({"DATABASE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:1:secret:x"})
+    clock = Clock()
+    db = Database(settings, clock=clock)
+
+    def unreachable(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("endpoint unreachable")
+
+    monkeypatch.setattr(db_module, "resolve_database_url", unreachable)
+    with pytest.raises(DatabaseUnavailable, match=r"^cannot read the database secret \(ConnectionError\)$"):
+        _ = db.url
+    monkeypatch.setattr(db_module, "resolve_database_url", lambda *a, **k: "host=old-proxy dbname=capacity")
+    assert db.url == "host=old-proxy dbname=capacity"
+    clock.now += SECRET_MAX_AGE_S
+    monkeypatch.setattr(db_module, "resolve_database_url", unreachable)
+    assert db.url == "host=old-proxy dbname=capacity"  # stale, but the refresh failed: the old URL may still work
+    monkeypatch.setattr(db_module, "resolve_database_url", lambda *a, **k: "host=new-proxy dbname=capacity")
+    assert db.url == "host=new-proxy dbname=capacity"

@@ -93,8 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--faults",
         metavar="LIST",
+        nargs="?",
+        const=DEFAULT_FAULTS,
         default=DEFAULT_FAULTS,
-        help=f"faults injected during the load test (default {DEFAULT_FAULTS}); 'none' for none",
+        help=f"faults injected during the load test (default, and --faults alone: {DEFAULT_FAULTS}); 'none' for none",
     )
     parser.add_argument(
         "--database-url",

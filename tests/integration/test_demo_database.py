@@ -75,3 +75,20 @@ def test_bookings_of_anyone_but_this_run_are_foreign(seeded_db: str, conn: Any) 
     assert demo.foreign_bookings(seeded_db, "lt-this-run") == 1
     _insert_booking(conn, None)  # a live booking
     assert demo.foreign_bookings(seeded_db, "lt-this-run") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "faults"),
+    [
+        ([], ["db-crash", "instance-kill", "db-stall"]),
+        (["--faults"], ["db-crash", "instance-kill", "db-stall"]),
+        (["--faults", "db-stall"], ["db-stall"]),
+        (["--faults", "none"], []),
+    ],
+)
+def test_the_demo_injects_all_three_faults_unless_told_otherwise(argv: list[str], faults: list[str]) -> None:
+    from capctl import cli
+
+    args = cli.build_parser().parse_args(["demo", *argv])
+
+    assert demo._options(args) == faults

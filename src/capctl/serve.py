@@ -7,7 +7,8 @@ handles exactly one request at a time; when every instance is busy, requests que
 that crashes is replaced (the request gets 502); one that overruns ``--timeout`` is killed and
 replaced (504). In front of the handler, the gateway's own checks answer problem+json without
 invoking it: API keys (403 ``forbidden``), a usage plan's token bucket per key (429
-``rate_limited`` with ``Retry-After``) and the request body limit (413 ``payload_too_large``).
+``rate_limited`` with ``Retry-After``), the request body limit (413 ``payload_too_large``) and a
+path no route matches, such as one holding a control character (404 ``not_found``).
 
 Not part of the API: ``GET /__health`` answers 200 with per-instance JSON once every instance
 has finished its init (503 before), and every response carries ``X-Local-Instance`` (the

@@ -1,307 +1,227 @@
-"""`make bench`: booking-path throughput on one hot slot, variants side by side in one run.
+"""`make bench`: the whole product's figures, contenders side by side in one run.
 
-Every variant runs in the same harness (N client processes, each with its own connection, for a
-fixed time) against the same PostgreSQL, one after another, so the figures compare as ratios
-on this (shared, noisy) machine. Absolute numbers are for this run only; nothing asserts them.
+Every benchmark runs its contenders on the same PostgreSQL in the same run, alternating, over
+several rounds, and reports medians and ratios: compare ratios of one run, never a figure
+across runs (the machine is shared). Nothing asserts a time; the targets are reported, met or
+not, in the table and in ``reports/bench/<UTC timestamp>.json``. See bench/README.md.
 
-    make bench                       # embedded PostgreSQL, 16 clients, 5 s per variant
-    BENCH_CLIENTS=50 BENCH_SECONDS=10 make bench
-    DATABASE_URL=postgresql://… make bench   # a real server (creates and drops a bench database)
+    make bench                                  # everything, embedded PostgreSQL (< 15 min)
+    BENCH_ROUNDS=5 BENCH_SECONDS=5 make bench   # steadier figures, longer
+    BENCH_ONLY=hot_slot_50,cold_start make bench
+    DATABASE_URL=postgresql://… make bench      # a real server (needs CREATE DATABASE, max_connections >= 260)
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import multiprocessing
 import os
 import platform
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
+from bench import booking, coldstart, harness, overhead, scheduled
 
-from capacity.booking import BookingService, Caller
-from capacity.db import Database
-from capacity.models import BookingRequest
-from capacity.settings import BookingSettings
-from capctl.apigw import LambdaContext, rest_event
-from capctl.database import embedded_server
-from capctl.handlers import load_handler
-from capctl.migrate import migrate
-from capctl.seed import SeedFile, apply_seed
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+# `capctl serve` instances for the http contender; more than 50 processes take minutes to start
+# on two cores. At 200 clients the gateway queues requests for them, as a reserved concurrency would.
+HTTP_INSTANCES = int(os.environ.get("BENCH_HTTP_INSTANCES", "50"))
+ROLLUP_SIZES = [int(x) for x in os.environ.get("BENCH_ROLLUP_EVENTS", "10000,100000,1000000").split(",")]
+ALERT_SIZES = [int(x) for x in os.environ.get("BENCH_ALERT_RESTAURANTS", "100,1000,10000").split(",")]
 
-RESTAURANT = "b0000000-0000-4000-8000-000000000001"
-DATE = "2031-03-14"
-HOT_TIME = "19:00"
-SEED = {
-    "restaurants": [
-        {
-            "id": RESTAURANT,
-            "name": "Bench Bistro",
-            "timezone": "UTC",
-            "maxPartySize": 12,
-            # capacity far above what a run books: every variant measures accepted bookings
-            "weekly": [{"weekdays": [1, 2, 3, 4, 5, 6, 7], "start": "17:00", "end": "22:00", "maxCovers": 10_000_000}],
-        }
-    ]
-}
-
-BARE_GUARDED = """
-WITH usage AS (
-    INSERT INTO slot_usage AS u (restaurant_id, slot_date, slot_time, booked_covers)
-    VALUES (%(r)s, %(d)s, %(t)s, 1)
-    ON CONFLICT (restaurant_id, slot_date, slot_time) DO UPDATE SET booked_covers = u.booked_covers + 1
-     WHERE u.booked_covers + 1 <= %(cap)s
-    RETURNING booked_covers
-)
-INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, source, idempotency_key)
-SELECT gen_random_uuid(), %(r)s, %(d)s, %(t)s, 1, 'bench', %(k)s FROM usage
-"""
+BENCHMARKS = ("hot_slot_50", "hot_slot_200", "many_slots", "latency_overhead", "cold_start", "scheduled")
 
 
-def server_url() -> tuple[str, Callable[[], None]]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url, lambda: None
-    tmp = tempfile.mkdtemp(prefix="capacity-bench-")
-    server = embedded_server(Path(tmp) / "pgdata", cleanup_mode="delete")
-    return server.get_uri(), server.cleanup
+def log(line: str) -> None:
+    print(line, flush=True)
 
 
-def fresh_database(admin_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        migrate(conn)
-        apply_seed(conn, SeedFile.model_validate(SEED))
-    return url
+def run_benchmarks(admin_url: str, only: set[str]) -> dict[str, Any]:
+    hot = [harness.Slot(harness.restaurant_id(0), harness.HOT_TIME)]
+    spread = harness.spread_slots(10, 10)
+    plan: dict[str, Callable[[], dict[str, Any]]] = {
+        "hot_slot_50": lambda: booking.benchmark(
+            admin_url, clients=50, slots=hot, restaurants=1, rounds=ROUNDS, seconds=SECONDS,
+            http_instances=min(50, HTTP_INSTANCES), log=log,
+        ),
+        "hot_slot_200": lambda: booking.benchmark(
+            admin_url, clients=200, slots=hot, restaurants=1, rounds=ROUNDS, seconds=SECONDS,
+            http_instances=HTTP_INSTANCES, log=log,
+        ),
+        "many_slots": lambda: booking.benchmark(
+            admin_url, clients=50, slots=spread, restaurants=10, rounds=ROUNDS, seconds=SECONDS,
+            http_instances=min(50, HTTP_INSTANCES), log=log,
+        ),
+        "latency_overhead": lambda: overhead.benchmark(admin_url, 300),
+        "cold_start": lambda: coldstart.benchmark(7),
+        "scheduled": lambda: {
+            "rollup": scheduled.rollup(admin_url, ROLLUP_SIZES, 2, log),
+            "alert_check": scheduled.alert_check(admin_url, ALERT_SIZES, 1, log),
+        },
+    }  # fmt: skip
+    results: dict[str, Any] = {}
+    for name, fn in plan.items():
+        if only and name not in only:
+            continue
+        log(f"{name} …")
+        began = time.perf_counter()
+        results[name] = fn()
+        results[name]["took_s"] = round(time.perf_counter() - began, 1)
+    return results
 
 
-def reset(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE bookings, slot_usage, idempotency_keys, observability_events")
+def _contender(results: dict[str, Any], bench: str, name: str) -> dict[str, Any]:
+    figures: dict[str, Any] = results.get(bench, {}).get("contenders", {}).get(name, {})
+    return figures
 
 
-def measure(
-    name: str, clients: int, seconds: float, make_worker: Callable[[int], Callable[[int], bool]]
-) -> dict[str, Any]:
-    """Run ``clients`` processes, each calling its worker(n) until time is up; count accepted bookings.
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of issue 11, in the benchmark's own figures; ``met`` is None when not measured."""
+    out: list[dict[str, Any]] = []
 
-    Processes, not threads, for every variant: Lambda runs one invocation per process, and
-    Powertools' resolver keeps the current event on the class, so handler instances sharing a
-    process would read each other's requests. Workers are built after the fork (own connection).
-    """
-    ctx = multiprocessing.get_context("fork")
-    tallies: multiprocessing.SimpleQueue[tuple[int, int]] = ctx.SimpleQueue()
+    def target(name: str, wanted: str, value: Any, met: bool | None) -> None:
+        out.append({"name": name, "target": wanted, "value": value, "met": met})
 
-    # every worker connects first; the clock starts when the last one is ready
-    ready = ctx.Barrier(clients + 1)
-    start = ctx.Barrier(clients + 1)
-    stop_box = ctx.Value("d", 0.0)
+    def at_least(name: str, value: float | None, bound: float) -> None:
+        target(name, f">= {bound}", value, None if value is None else value >= bound)
 
-    def timed_loop(i: int) -> None:
-        worker = make_worker(i)
-        ready.wait()
-        start.wait()
-        n = accepted = failed = 0
-        stop_at = stop_box.value
-        while time.perf_counter() < stop_at:
-            n += 1
-            try:
-                if worker(n):
-                    accepted += 1
-            except Exception:
-                failed += 1
-        tallies.put((accepted, failed))
-
-    processes = [ctx.Process(target=timed_loop, args=(i,)) for i in range(clients)]
-    for p in processes:
-        p.start()
-    ready.wait()
-    stop_box.value = time.perf_counter() + seconds  # perf_counter is system-wide (CLOCK_MONOTONIC)
-    began = time.perf_counter()
-    start.wait()
-    results = [tallies.get() for _ in processes]
-    elapsed = time.perf_counter() - began
-    for p in processes:
-        p.join()
-    total = sum(accepted for accepted, _ in results)
-    return {
-        "variant": name,
-        "bookings": total,
-        "errors": sum(failed for _, failed in results),
-        "seconds": round(elapsed, 2),
-        "bookingsPerSecond": round(total / elapsed, 1),
-    }
+    hot = "hot_slot_50"
+    at_least("engine / raw_sql at 50 clients", _contender(results, hot, "engine").get("ratio_to_raw"), 0.6)
+    at_least("engine / engine_sql at 50 clients", _contender(results, hot, "engine").get("ratio_to_engine_sql"), 0.9)
+    at_least("handler / raw_sql at 50 clients", _contender(results, hot, "handler").get("ratio_to_raw"), 0.5)
+    at_least("http / raw_sql at 50 clients", _contender(results, hot, "http").get("ratio_to_raw"), 0.4)
+    h200 = results.get("hot_slot_200")
+    for field in ("over_capacity_slots", "retries_exhausted"):
+        value = h200.get(field) if h200 else None
+        target(f"{field} at 200 clients", "== 0", value, None if value is None else value == 0)
+    cold = results.get("cold_start", {}).get("create_booking")
+    ratio = cold.get("ratio") if cold else None
+    target("create_booking cold-start ratio to powertools+psycopg+pydantic", "<= 1.3", ratio,
+           None if ratio is None else ratio <= 1.3)  # fmt: skip
+    boto = cold.get("boto3_imported") if cold else None
+    target("boto3 not imported on the booking path", "false", boto, None if boto is None else not boto)
+    sched = results.get("scheduled", {})
+    roll = sched.get("rollup")
+    if roll:
+        done = [r for r in roll["sizes"] if r.get("ratio") is not None]
+        largest = done[-1] if done else None
+        value = largest["ratio"] if largest else None
+        target(f"roll-up / bare GROUP BY at {largest['events'] if largest else '?'} events", "<= 2", value,
+               None if value is None else value <= 2)  # fmt: skip
+        target("roll-up linear in events", "linear", roll.get("linear"), roll.get("linear"))
+    alerts = sched.get("alert_check")
+    if alerts:
+        target("alert check linear in restaurants", "linear", alerts.get("linear"), alerts.get("linear"))
+        ten_k = next((r for r in alerts["sizes"] if r["restaurants"] == 10_000), None)
+        half = alerts["timeout_s"] / 2
+        value = ten_k.get("function_s") if ten_k else None
+        met = None if ten_k is None else (value is not None and value <= half)
+        target("alert check, 10,000 restaurants (s)", f"<= {half:g} (half the timeout)",
+               "timed out" if ten_k and value is None else value, met)  # fmt: skip
+    return out
 
 
-def bare_guarded(url: str) -> Callable[[int], Callable[[int], bool]]:
-    def make(i: int) -> Callable[[int], bool]:
-        conn = psycopg.connect(url, autocommit=True)
-
-        def book(n: int) -> bool:
-            cur = conn.execute(
-                BARE_GUARDED, {"r": RESTAURANT, "d": DATE, "t": HOT_TIME, "cap": 10_000_000, "k": f"bare-{i}-{n}"}
+def table(results: dict[str, Any], goals: list[dict[str, Any]]) -> str:
+    lines = []
+    for bench in ("hot_slot_50", "hot_slot_200", "many_slots"):
+        if bench not in results:
+            continue
+        r = results[bench]
+        lines.append(
+            f"\n{bench}: {r['clients']} clients, {r['slots']} slot(s), {r['restaurants']} restaurant(s), "
+            f"{r['rounds']} rounds x {r['seconds_per_run']:g} s"
+        )
+        lines.append(
+            f"  {'contender':<11}{'bookings/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>7}  over-cap  exhausted"
+        )
+        for name, c in r["contenders"].items():
+            if "skipped" in c:
+                lines.append(f"  {name:<11} skipped: {c['skipped']}")
+                continue
+            lines.append(
+                f"  {name:<11}{c['bookings_per_s'] or 0:>11.1f}{c['p50_ms'] or 0:>9.2f}{c['p99_ms'] or 0:>9.2f}"
+                f"{c.get('ratio_to_raw', 0):>7.2f}  {c['over_capacity_slots']:>8}  {c['retries_exhausted']:>9}"
             )
-            return cur.rowcount == 1
-
-        return book
-
-    return make
-
-
-def select_for_update(url: str) -> Callable[[int], Callable[[int], bool]]:
-    def make(i: int) -> Callable[[int], bool]:
-        conn = psycopg.connect(url)
-
-        def book(n: int) -> bool:
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO slot_usage VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING", (RESTAURANT, DATE, HOT_TIME)
-                )
-                row = conn.execute(
-                    "SELECT booked_covers FROM slot_usage WHERE restaurant_id = %s AND slot_date = %s "
-                    "AND slot_time = %s FOR UPDATE",
-                    (RESTAURANT, DATE, HOT_TIME),
-                ).fetchone()
-                assert row is not None
-                if row[0] + 1 > 10_000_000:
-                    return False
-                conn.execute(
-                    "UPDATE slot_usage SET booked_covers = booked_covers + 1 WHERE restaurant_id = %s "
-                    "AND slot_date = %s AND slot_time = %s",
-                    (RESTAURANT, DATE, HOT_TIME),
-                )
-                conn.execute(
-                    "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, source, "
-                    "idempotency_key) VALUES (gen_random_uuid(), %s, %s, %s, 1, 'bench', %s)",
-                    (RESTAURANT, DATE, HOT_TIME, f"sfu-{i}-{n}"),
-                )
-            return True
-
-        return book
-
-    return make
-
-
-def request(n: int, i: int) -> BookingRequest:
-    return BookingRequest.model_validate(
-        {
-            "restaurantId": RESTAURANT,
-            "date": DATE,
-            "time": HOT_TIME,
-            "partySize": 1,
-            "guest": {"name": "Bench Guest"},
-            "source": "bench",
-        }
-    )
-
-
-def service(url: str) -> Callable[[int], Callable[[int], bool]]:
-    settings = BookingSettings.from_env({"DATABASE_URL": url})
-
-    def make(i: int) -> Callable[[int], bool]:
-        svc = BookingService(Database(settings), settings)
-        body = request(0, i)
-
-        def book(n: int) -> bool:
-            return svc.book(body, Caller(tenant="bench", idempotency_key=f"svc-{i}-{n}")).status == 201
-
-        return book
-
-    return make
-
-
-def handler(url: str) -> Callable[[int], Callable[[int], bool]]:
-    os.environ.update(
-        {
-            "DATABASE_URL": url,
-            "POWERTOOLS_TRACE_DISABLED": "1",
-            "POWERTOOLS_METRICS_NAMESPACE": "Bench",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        }
-    )
-    body = json.dumps(request(0, 0).model_dump(mode="json", by_alias=True))
-
-    def make(i: int) -> Callable[[int], bool]:
-        module = load_handler("create_booking", fresh=True, instance=f"bench{i}")
-        context = LambdaContext(function_name="bench")
-
-        def book(n: int) -> bool:
-            event = rest_event(
-                "POST",
-                "/bookings",
-                body=body,
-                api_key="bench",
-                api_key_id="bench",
-                headers={"Content-Type": "application/json", "Idempotency-Key": f"h-{i}-{n}"},
+    if "latency_overhead" in results:
+        o = results["latency_overhead"]
+        lines.append(f"\nlatency overhead per booking (1 client, {o['bookings']} bookings)")
+        for name in ("raw_sql", "engine", "handler"):
+            row = o[name]
+            extra = (
+                f"  (+{row['cpu_us_beyond_bare']:.0f} µs CPU, +{row['round_trips_beyond_bare']:g} round trips)"
+                if "cpu_us_beyond_bare" in row
+                else ""
             )
-            return module.lambda_handler(event, context)["statusCode"] == 201
-
-        return book
-
-    return make
-
-
-VARIANTS: list[tuple[str, Callable[[str], Callable[[int], Callable[[int], bool]]]]] = [
-    ("bare-guarded-statement", bare_guarded),
-    ("select-for-update", select_for_update),
-    ("booking-service", service),
-    ("lambda-handler", handler),
-]
+            lines.append(
+                f"  {name:<9} CPU {row['cpu_us']:>7.0f} µs  wall {row['wall_us']:>7.0f} µs  "
+                f"round trips {row['round_trips']:g}{extra}"
+            )
+    if "cold_start" in results:
+        lines.append("\ncold start (import in a fresh interpreter, median)")
+        for name, c in results["cold_start"].items():
+            if not isinstance(c, dict):
+                continue
+            lines.append(
+                f"  {name:<15} {c['import_app_ms']:>6.0f} ms vs {c['import_baseline_ms']:>5.0f} ms"
+                f"  ratio {c['ratio']:.2f} (from source {c['ratio_from_source']:.2f})"
+                f"  boto3 {'yes' if c['boto3_imported'] else 'no'}"
+                f"  botocore client {'yes' if c['botocore_client_imported'] else 'no'}"
+            )
+    sched = results.get("scheduled", {})
+    for key, unit in (("rollup", "events"), ("alert_check", "restaurants")):
+        if key not in sched:
+            continue
+        s = sched[key]
+        lines.append(f"\n{key} (timeout {s['timeout_s']} s)")
+        for row in s["sizes"]:
+            took = "timed out" if row.get("timed_out") else f"{row['function_s']:.2f} s"
+            ratio = f"  ratio {row['ratio']:.1f}" if row.get("ratio") is not None else ""
+            lines.append(f"  {row[unit]:>9,} {unit:<12} {took:>10}  GROUP BY {row['group_by_s']:.2f} s{ratio}")
+        lines.append(
+            f"  linear: {s['linear']}; largest within half the timeout: {s['largest_size_within_half_timeout']:,}"
+        )
+    lines.append("\ntargets (ratios of this run; the machine may be busy)")
+    for g in goals:
+        mark = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+        lines.append(f"  {mark:<12} {g['name']}: {g['value']} (target {g['target']})")
+    return "\n".join(lines)
 
 
 def main() -> int:
-    clients = int(os.environ.get("BENCH_CLIENTS", "16"))
-    seconds = float(os.environ.get("BENCH_SECONDS", "5"))
-    admin_url, stop = server_url()
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - the handler's EMF/log lines are not the bench's output
-    try:
-        url = fresh_database(admin_url)
-        print(f"one hot slot, {clients} clients, {seconds:g} s per variant", flush=True)
-        results = []
-        for name, variant in VARIANTS:
-            reset(url)
-            with contextlib.redirect_stdout(devnull):  # the handler's EMF lines
-                result = measure(name, clients, seconds, variant(url))
-            print(
-                f"  {name:<22} {result['bookingsPerSecond']:>9.1f} bookings/s  ({result['bookings']} in "
-                f"{result['seconds']}s, {result['errors']} errors)",
-                flush=True,
-            )
-            results.append(result)
-        base = results[0]["bookingsPerSecond"] or 1.0
-        for r in results:
-            r["ratioToBare"] = round(r["bookingsPerSecond"] / base, 3)
-        report = {
-            "createdAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "clients": clients,
-            "secondsPerVariant": seconds,
-            "results": results,
-        }
-        out_dir = Path("reports/bench")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(
-            "ratios to the bare guarded statement: " + ", ".join(f"{r['variant']} {r['ratioToBare']}" for r in results)
-        )
-        print(f"wrote {path}")
-    finally:
-        devnull.close()
-        stop()
+    only = {x for x in os.environ.get("BENCH_ONLY", "").split(",") if x}
+    unknown = only - set(BENCHMARKS)
+    if unknown:
+        print(f"bench: error: unknown BENCH_ONLY entries {sorted(unknown)}; choose from {BENCHMARKS}", file=sys.stderr)
+        return 2
+    started = dt.datetime.now(dt.UTC)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    log(f"make bench: rounds {ROUNDS}, {SECONDS:g} s per run; the machine may be busy: compare ratios only")
+    with harness.server() as admin_url:
+        results = run_benchmarks(admin_url, only)
+    goals = targets(results)
+    report = {
+        "createdAt": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {"rounds": ROUNDS, "seconds_per_run": SECONDS, "http_instances": HTTP_INSTANCES},
+        "benchmarks": results,
+        "targets": goals,
+    }
+    out_dir = Path("reports/bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{started:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(results, goals))
+    print(f"\nwrote {path}")
     return 0
 
 

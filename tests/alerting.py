@@ -1,22 +1,14 @@
 """Shared helpers of the alert and roll-up tests: bookings and observability events written
-straight to the database, and the fakes behind the ``topic`` (SNS via moto, read back through a
-subscribed SQS queue) and ``webhook`` (an HTTP receiver on 127.0.0.1) fixtures of conftest."""
+straight to the database. The alert channels' stand-ins behind conftest's ``topic`` and
+``webhook`` fixtures are capctl's own (``capctl.sns_inbox``, ``capctl.webhook_sink``)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
-
-import boto3
-from moto import mock_aws
 
 from tests.support import RESTAURANT_ID
 
@@ -91,79 +83,3 @@ def insert_event(
             "INSERT INTO observability_events (event_type, restaurant_id, occurred_at, metadata) VALUES (%s, %s, %s, %s)",
             (event_type, restaurant_id, when, json.dumps(meta)),
         )
-
-
-@dataclass
-class Topic:
-    arn: str
-    sqs: Any
-    queue_url: str
-
-    def messages(self) -> list[dict[str, Any]]:
-        """Every notice published since the last call: Subject, Message, attributes."""
-        found = []
-        while True:
-            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
-            batch = got.get("Messages", [])
-            if not batch:
-                return found
-            for m in batch:
-                envelope = json.loads(m["Body"])
-                found.append(
-                    {
-                        "subject": envelope.get("Subject"),
-                        "message": envelope["Message"],
-                        "attributes": {k: v["Value"] for k, v in envelope.get("MessageAttributes", {}).items()},
-                    }
-                )
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
-
-
-@contextmanager
-def sns_topic() -> Iterator[Topic]:
-    """A moto SNS topic with an SQS queue subscribed; the caller sets fake AWS credentials."""
-    with mock_aws():
-        sns = boto3.client("sns", region_name=REGION)
-        sqs = boto3.client("sqs", region_name=REGION)
-        arn = sns.create_topic(Name="capacity-alerts")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
-        yield Topic(arn, sqs, queue_url)
-
-
-@dataclass
-class Receiver:
-    url: str
-    status: int = 200
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-@contextmanager
-def webhook_receiver() -> Iterator[Receiver]:
-    """A Slack-style receiver on 127.0.0.1 answering ``receiver.status``."""
-    receiver = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            payload = json.loads(self.rfile.read(length))
-            if receiver.status < 300:
-                receiver.received.append(payload)
-            self.send_response(receiver.status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts"
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()

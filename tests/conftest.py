@@ -20,7 +20,9 @@ from capctl.database import embedded_server
 from capctl.handlers import load_handler
 from capctl.migrate import migrate
 from capctl.seed import SeedFile, apply_seed
-from tests.alerting import REGION, Receiver, Topic, sns_topic, webhook_receiver
+from capctl.sns_inbox import SnsInbox
+from capctl.webhook_sink import WebhookSink
+from tests.alerting import REGION
 from tests.support import BASE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,19 +132,22 @@ def booking_app(seeded_db: str, handler_env: Callable[..., None]) -> Any:
 
 
 @pytest.fixture
-def topic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Topic]:
-    """An SNS topic faked by moto; ``topic.messages()`` reads back what was published."""
+def topic(monkeypatch: pytest.MonkeyPatch) -> Iterator[SnsInbox]:
+    """An SNS topic faked by moto in-process; ``topic.messages()`` reads back what was published."""
+    from moto import mock_aws
+
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with sns_topic() as fake:
-        yield fake
+    with mock_aws():
+        yield SnsInbox(region=REGION)
 
 
 @pytest.fixture
-def webhook() -> Iterator[Receiver]:
-    """A Slack-style receiver on 127.0.0.1 answering ``webhook.status``."""
-    with webhook_receiver() as receiver:
-        yield receiver
+def webhook() -> Iterator[WebhookSink]:
+    """A Slack-style receiver on 127.0.0.1 answering ``webhook.status``; ``webhook.messages()``
+    are the bodies it accepted."""
+    with WebhookSink() as sink:
+        yield sink

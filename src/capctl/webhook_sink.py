@@ -1,12 +1,14 @@
 """A tiny local stand-in for a Slack incoming webhook, for the demo and tests.
 
 It accepts ``POST`` of a JSON body on any path, keeps it, answers ``200 ok`` as Slack does, and
-serves what it received at ``GET /messages``. Loopback only.
+serves what it received at ``GET /messages``. Loopback only. Set ``status`` to another code to
+play a failing receiver: it then answers that code and keeps nothing (it did not accept it).
 
     with WebhookSink() as sink:          # in-process, on a free port
         os.environ["ALERT_WEBHOOK_URL"] = sink.url
         ...
-        sink.messages()                  # the JSON bodies received, oldest first
+        sink.messages()                  # the JSON bodies accepted, oldest first
+        sink.status = 500                # from now on, refuse
 
     python -m capctl.webhook_sink --port 8099 [--out messages.jsonl]   # standalone
 """
@@ -40,8 +42,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._answer(400, "invalid_payload")
             return
+        status = self.server.status
+        if status >= 300:
+            self._answer(status, "refused")
+            return
         self.server.record({"path": self.path, "body": body})
-        self._answer(200, "ok")
+        self._answer(status, "ok")
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") != "/messages":
@@ -55,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _answer(self, status: int, text: str) -> None:
-        data = text.encode()
+        data = b"" if status == 204 else text.encode()  # 204 has no body
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
@@ -74,6 +80,7 @@ class _SinkServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._messages: list[dict[str, Any]] = []
         self._out = out
+        self.status = 200
 
     def record(self, message: dict[str, Any]) -> None:
         with self._lock:
@@ -90,10 +97,20 @@ class _SinkServer(ThreadingHTTPServer):
 class WebhookSink:
     """The sink on a background thread; a context manager that stops it on exit."""
 
-    def __init__(self, port: int = 0, out: Path | None = None, path: str = "/hooks/alerts") -> None:
+    def __init__(self, port: int = 0, out: Path | None = None, path: str = "/hooks/alerts", status: int = 200) -> None:
         self._server = _SinkServer(port, out)
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True)
         self.path = path
+        self.status = status
+
+    @property
+    def status(self) -> int:
+        """The HTTP status every POST is answered with: 2xx accepts (and keeps) the message."""
+        return self._server.status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._server.status = value
 
     @property
     def port(self) -> int:
@@ -113,7 +130,7 @@ class WebhookSink:
         self._thread.join(timeout=5)
 
     def messages(self) -> list[dict[str, Any]]:
-        """The JSON bodies received, oldest first."""
+        """The JSON bodies accepted, oldest first."""
         return [m["body"] for m in self._server.messages()]
 
     def __enter__(self) -> WebhookSink:

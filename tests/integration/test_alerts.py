@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from capacity.alerts import AlertChecker
-from capacity.notifiers import SnsNotifier, WebhookNotifier, notifiers_from_settings
+from capacity.notifiers import DeliveryError, Notice, SnsNotifier, WebhookNotifier, notifiers_from_settings
 from capacity.settings import AlertSettings
+from capctl import demo
+from capctl.sns_inbox import SnsInbox
 from tests.alerting import GUEST, OTHER_ID, REGION, insert_booking, insert_event, overbook, slot_date
 from tests.support import RESTAURANT_ID
 
@@ -63,7 +66,7 @@ class TestOverbooking:
     def test_one_alert_one_event_then_quiet_then_resolved(self, seeded_db, conn, topic):
         date = slot_date()
         booking_ids = overbook(conn, date=date)
-        config = settings(ALERT_TOPIC_ARN=topic.arn)
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn)
 
         first = check(conn, config)
         assert (first.opened, first.overbook_detected, first.sent, first.delivery_failures) == (1, 1, 1, 0)
@@ -125,7 +128,7 @@ class TestOverbooking:
         date = slot_date(3)
         for _ in range(6):
             insert_booking(conn, date=date, time="18:00", source="load-test")
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert [(t.key.kind.value, t.key.incident) for t in summary.transitions] == [
             ("overbooking", f"{date.isoformat()} 18:00")
         ]
@@ -133,18 +136,18 @@ class TestOverbooking:
     def test_slots_outside_the_reconcile_window_are_not_checked(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date(61))
         overbook(conn, date=slot_date(-2))
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn, RECONCILE_FUTURE_DAYS="60"))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn, RECONCILE_FUTURE_DAYS="60"))
         assert summary.transitions == [] and topic.messages() == []
 
     def test_by_default_every_future_slot_is_checked(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date(400))
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert [(t.action.value, t.key.kind.value) for t in summary.transitions] == [("open", "overbooking")]
 
     def test_an_open_incident_that_left_the_window_is_still_followed(self, seeded_db, conn, topic):
         date = slot_date(0)
         ids = overbook(conn, date=date)
-        config = settings(ALERT_TOPIC_ARN=topic.arn)
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn)
         assert check(conn, config).opened == 1
         # Two days later the slot is outside today - RECONCILE_PAST_DAYS, yet still over capacity.
         later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
@@ -157,7 +160,7 @@ class TestOverbooking:
     def test_all_bookings_cancelled_resolves_with_zero_covers(self, seeded_db, conn, topic):
         date = slot_date()
         ids = overbook(conn, date=date)
-        config = settings(ALERT_TOPIC_ARN=topic.arn)
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn)
         check(conn, config)
         conn.execute("UPDATE bookings SET status = 'cancelled' WHERE id = ANY(%s::uuid[])", (ids,))
         assert check(conn, config).resolved == 1
@@ -171,7 +174,7 @@ class TestOverbooking:
 class TestRates:
     def test_conflict_rate_ten_percent_over_forty_requests_alerts(self, seeded_db, conn, topic):
         traffic(conn, requests=40, conflicts=4)
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert [(t.action.value, t.key.kind.value) for t in summary.transitions] == [("open", "conflict_rate")]
         [message] = topic.messages()
         assert message["subject"] == "[WARNING] Booking conflict rate 10.0% - Test Trattoria (test)"
@@ -184,7 +187,7 @@ class TestRates:
     def test_events_of_a_deleted_restaurant_are_ignored(self, seeded_db, conn, topic):
         gone = "99999999-8888-4777-8666-555555555555"
         traffic(conn, requests=40, conflicts=20, restaurant_id=gone)  # events outlive their restaurant
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert summary.transitions == [] and topic.messages() == [] and alert_rows(conn) == []
 
     @pytest.mark.parametrize(("requests", "conflicts"), [(50, 2), (40, 2), (19, 10)])
@@ -192,7 +195,7 @@ class TestRates:
         self, seeded_db, conn, topic, requests, conflicts
     ):
         traffic(conn, requests=requests, conflicts=conflicts)
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert summary.transitions == [] and topic.messages() == []
         assert alert_rows(conn) == []
 
@@ -200,19 +203,19 @@ class TestRates:
         insert_event(conn, "booking.success", count=36)
         insert_event(conn, "booking.capacity_exceeded", count=4, reason="full")
         insert_event(conn, "booking.overbook_prevented", count=3)
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         [t] = summary.transitions
         assert (t.key.kind.value, t.figures["conflicts"], t.figures["requests"]) == ("conflict_rate", 3, 40)
 
     def test_events_older_than_an_hour_do_not_count(self, seeded_db, conn, topic):
         old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=61)
         insert_event(conn, "booking.success", count=20, at=old, attempts=3)
-        assert check(conn, settings(ALERT_TOPIC_ARN=topic.arn)).transitions == []
+        assert check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn)).transitions == []
 
     def test_retry_exhaustion_over_the_threshold_alerts(self, seeded_db, conn, topic):
         insert_event(conn, "booking.success", count=200)
         insert_event(conn, "booking.retry_exhausted", count=5, attempts=4)
-        config = settings(ALERT_TOPIC_ARN=topic.arn, RETRY_EXHAUSTED_THRESHOLD="5")
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn, RETRY_EXHAUSTED_THRESHOLD="5")
         assert check(conn, config).transitions == []  # 5 is not more than 5
         insert_event(conn, "booking.retry_exhausted", attempts=4)
         summary = check(conn, config)
@@ -223,15 +226,15 @@ class TestRates:
 
     def test_load_test_traffic_is_left_out_unless_asked(self, seeded_db, conn, topic):
         traffic(conn, requests=40, conflicts=10, source="load-test")
-        assert check(conn, settings(ALERT_TOPIC_ARN=topic.arn)).transitions == []
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn, ALERTS_INCLUDE_LOAD_TEST="true"))
+        assert check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn)).transitions == []
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn, ALERTS_INCLUDE_LOAD_TEST="true"))
         [t] = summary.transitions
         assert t.key.kind.value == "conflict_rate" and t.figures["includesLoadTest"] is True
         assert "(live and load-test traffic)" in topic.messages()[0]["message"]
 
     def test_cooldown_then_reminder_then_resolve(self, seeded_db, conn, topic):
         traffic(conn, requests=40, conflicts=8)  # ten minutes ago
-        config = settings(ALERT_TOPIC_ARN=topic.arn, ALERT_COOLDOWN_MINUTES="20")
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn, ALERT_COOLDOWN_MINUTES="20")
         start = dt.datetime.now(dt.UTC)
         assert check(conn, config, now=start).opened == 1
         inside = check(conn, config, now=start + dt.timedelta(minutes=10))
@@ -258,7 +261,7 @@ class TestRates:
 class TestDelivery:
     def test_sns_failure_is_not_marked_sent_and_is_retried_after_the_fix(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date())
-        missing = topic.arn.replace("capacity-alerts", "no-such-topic")
+        missing = topic.topic_arn.replace("capacity-alerts", "no-such-topic")
         broken = check(conn, settings(ALERT_TOPIC_ARN=missing))
         assert (broken.opened, broken.sent, broken.delivery_failures) == (1, 0, 1)
         assert broken.deliveries[0].error == "SNS publish failed: NotFound"
@@ -269,7 +272,7 @@ class TestDelivery:
         assert still.delivery_failures == 1 and delivery_rows(conn)[0]["attempts"] == 2
         assert topic.messages() == []
 
-        fixed = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        fixed = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert (fixed.opened, fixed.sent, fixed.delivery_failures) == (0, 1, 0)
         [message] = topic.messages()
         assert message["subject"].startswith("[CRITICAL] Overbooked slot")
@@ -279,17 +282,17 @@ class TestDelivery:
 
     def test_webhook_500_is_retried_next_run_and_sns_is_not_held_up(self, seeded_db, conn, topic, webhook):
         overbook(conn, date=slot_date())
-        config = settings(ALERT_TOPIC_ARN=topic.arn, ALERT_WEBHOOK_URL=webhook.url)
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn, ALERT_WEBHOOK_URL=webhook.url)
         webhook.status = 500
         first = check(conn, config)
         assert {(d.channel, d.status) for d in first.deliveries} == {("sns", "sent"), ("webhook", "failed")}
         assert [d.error for d in first.deliveries if d.channel == "webhook"] == ["webhook answered HTTP 500"]
-        assert len(topic.messages()) == 1 and webhook.received == []
+        assert len(topic.messages()) == 1 and webhook.messages() == []
 
         webhook.status = 200
         second = check(conn, config)
         assert [(d.channel, d.status) for d in second.deliveries] == [("webhook", "sent")]
-        [payload] = webhook.received
+        [payload] = webhook.messages()
         assert payload["text"].startswith("[CRITICAL] Overbooked slot")
         assert payload["blocks"][0]["type"] == "header"
         assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over)" in payload["blocks"][1]["text"]["text"]
@@ -303,7 +306,7 @@ class TestDelivery:
         overbook(conn, date=date)
         assert check(conn, settings()).opened == 1  # no channel configured yet
 
-        with_sns = settings(ALERT_TOPIC_ARN=topic.arn)
+        with_sns = settings(ALERT_TOPIC_ARN=topic.topic_arn)
         first = check(conn, with_sns)
         assert first.opened == 0 and [(d.channel, d.notice, d.status) for d in first.deliveries] == [
             ("sns", "opened", "sent")
@@ -312,10 +315,10 @@ class TestDelivery:
         assert message["subject"] == f"[CRITICAL] Overbooked slot {date.isoformat()} 19:00 - Test Trattoria (test)"
         assert check(conn, with_sns).deliveries == [] and topic.messages() == []
 
-        with_both = settings(ALERT_TOPIC_ARN=topic.arn, ALERT_WEBHOOK_URL=webhook.url)
+        with_both = settings(ALERT_TOPIC_ARN=topic.topic_arn, ALERT_WEBHOOK_URL=webhook.url)
         added = check(conn, with_both)
         assert [(d.channel, d.notice, d.status) for d in added.deliveries] == [("webhook", "opened", "sent")]
-        [payload] = webhook.received
+        [payload] = webhook.messages()
         assert payload["text"].startswith("[CRITICAL] Overbooked slot")
         assert topic.messages() == []  # SNS already knew
         assert check(conn, with_both).deliveries == []
@@ -339,7 +342,7 @@ class TestDelivery:
 
         monkeypatch.setattr(WebhookNotifier, "send", broken)
         overbook(conn, date=slot_date())
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn, ALERT_WEBHOOK_URL=webhook.url))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn, ALERT_WEBHOOK_URL=webhook.url))
         assert {(d.channel, d.status, d.error) for d in summary.deliveries} == {
             ("sns", "sent", None),
             ("webhook", "failed", "unexpected RuntimeError"),
@@ -354,18 +357,18 @@ class TestDelivery:
 
     def test_notices_of_a_channel_no_longer_configured_wait_and_expire(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date())
-        missing = topic.arn.replace("capacity-alerts", "gone")
+        missing = topic.topic_arn.replace("capacity-alerts", "gone")
         check(conn, settings(ALERT_TOPIC_ARN=missing))
         waiting = check(conn, settings())
         assert [d.status for d in waiting.deliveries] == ["no-channel"]
         day_later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)
-        expired = check(conn, settings(ALERT_TOPIC_ARN=topic.arn), now=day_later)
+        expired = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn), now=day_later)
         assert "expired" in [d.status for d in expired.deliveries]
         assert delivery_rows(conn)[0]["status"] == "expired"
         assert all(not m["subject"].startswith("[CRITICAL] Overbooked") for m in topic.messages())
 
     def test_sns_client_is_created_lazily_in_the_topic_region(self, topic):
-        notifier = SnsNotifier(topic.arn)
+        notifier = SnsNotifier(topic.topic_arn)
         assert notifier._client is None
         assert notifier.client().meta.region_name == REGION
 
@@ -379,7 +382,7 @@ class TestDelivery:
         [notifier] = notifiers_from_settings(settings(ALERT_WEBHOOK_SECRET_ARN=as_json))
         assert notifier.url() == webhook.url
         summary = check(conn, settings(ALERT_WEBHOOK_SECRET_ARN=as_json))
-        assert [d.status for d in summary.deliveries] == ["sent"] and len(webhook.received) == 1
+        assert [d.status for d in summary.deliveries] == ["sent"] and len(webhook.messages()) == 1
 
     def test_a_missing_webhook_secret_is_a_failed_delivery(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date())
@@ -415,7 +418,7 @@ class TestRun:
         traffic(conn, requests=40, conflicts=10)
         insert_booking(conn, restaurant_id=OTHER_ID, date=slot_date(), party_size=20)  # full, not over
         traffic(conn, requests=40, conflicts=1, restaurant_id=OTHER_ID)
-        check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         messages = topic.messages()
         assert len(messages) == 2
         assert {m["attributes"]["restaurantId"] for m in messages} == {RESTAURANT_ID}
@@ -424,7 +427,7 @@ class TestRun:
 
         # The same slot overbooked in the other restaurant is its own incident.
         overbook(conn, restaurant_id=OTHER_ID, date=slot_date(), time="20:00")
-        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+        summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
         assert [
             (t.action.value, str(t.key.restaurant_id)) for t in summary.transitions if t.action.value != "update"
         ] == [("open", OTHER_ID)]
@@ -434,14 +437,14 @@ class TestRun:
 
     def test_dry_run_changes_nothing_and_sends_nothing(self, seeded_db, conn, topic):
         overbook(conn, date=slot_date())
-        config = settings(ALERT_TOPIC_ARN=topic.arn)
+        config = settings(ALERT_TOPIC_ARN=topic.topic_arn)
         summary = check(conn, config, dry_run=True)
         assert summary.dry_run and summary.opened == 1
         assert [(d.channel, d.notice, d.status) for d in summary.deliveries] == [("sns", "opened", "would-send")]
         assert alert_rows(conn) == [] and delivery_rows(conn) == [] and detected_events(conn) == []
         assert topic.messages() == []
         # Unsent notices are listed as retries.
-        check(conn, settings(ALERT_TOPIC_ARN=topic.arn.replace("capacity-alerts", "gone")))
+        check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn.replace("capacity-alerts", "gone")))
         preview = check(conn, config, dry_run=True)
         assert [(d.notice, d.status) for d in preview.deliveries] == [("opened", "would-retry")]
         assert delivery_rows(conn)[0]["status"] == "failed"
@@ -450,15 +453,15 @@ class TestRun:
         overbook(conn, date=slot_date())
         with psycopg.connect(db_url, autocommit=True) as other:
             other.execute("SELECT pg_advisory_lock(7347203)")
-            summary = check(conn, settings(ALERT_TOPIC_ARN=topic.arn))
+            summary = check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn))
             assert summary.skipped and summary.transitions == []
         assert alert_rows(conn) == [] and topic.messages() == []
-        assert check(conn, settings(ALERT_TOPIC_ARN=topic.arn)).opened == 1
+        assert check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn)).opened == 1
 
     def test_a_restaurant_with_an_unknown_time_zone_is_still_checked(self, seeded_db, conn, topic):
         conn.execute("UPDATE restaurants SET timezone = 'Mars/Olympus'")
         overbook(conn, date=slot_date())
-        assert check(conn, settings(ALERT_TOPIC_ARN=topic.arn)).opened == 1
+        assert check(conn, settings(ALERT_TOPIC_ARN=topic.topic_arn)).opened == 1
 
     def test_a_connection_lost_mid_run_surfaces_its_own_error(self, seeded_db, conn, db_url, monkeypatch):
         overbook(conn, date=slot_date())
@@ -487,3 +490,61 @@ class TestRun:
     def test_no_restaurants(self, db_url, conn):
         summary = check(conn, settings())
         assert summary.as_json()["restaurants"] == 0 and summary.transitions == []
+
+
+# -- the channels' local stand-ins (capctl.sns_inbox, capctl.webhook_sink) ----------------------
+
+
+def a_notice(**overrides: Any) -> Notice:
+    values: dict[str, Any] = {
+        "alert_type": "overbooking",
+        "notice": "opened",
+        "severity": "critical",
+        "restaurant_id": RESTAURANT_ID,
+        "restaurant_name": "Trattoria",
+        "incident_key": "2030-06-14 19:00",
+        "figures": {"confirmedCovers": 24, "acceptedMaxCovers": 20, "bookings": 6},
+        "opened_at": "2030-06-14T18:05:00Z",
+        "at": "2030-06-14T18:05:00Z",
+        "environment": "demo",
+        "runbook_url": "https://runbooks.example/capacity#overbooking",
+    }
+    return Notice(**(values | overrides))
+
+
+class TestStandIns:
+    def test_the_inbox_reads_back_from_a_moto_server_as_the_demo_runs_it(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        port = demo.free_port()
+        server = demo.Process(
+            "moto_server",
+            [demo.moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],
+            dict(os.environ),
+            tmp_path / "moto.log",
+        )
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            demo.wait_http(f"{endpoint}/moto-api/", 30, ok=(200, 404))
+            inbox = SnsInbox(endpoint, region="us-east-1", topic_name="capacity-alerts-demo")
+            SnsNotifier(inbox.topic_arn, client=inbox.sns).send(a_notice())
+            [message] = inbox.messages()
+            assert message["subject"] == "[CRITICAL] Overbooked slot 2030-06-14 19:00 - Trattoria (demo)"
+            assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over)" in message["message"]
+            assert message["attributes"] == {
+                "severity": "critical",
+                "restaurantId": RESTAURANT_ID,
+                "alertType": "overbooking",
+            }
+            assert inbox.messages() == []  # each notice is read once
+        finally:
+            server.stop()
+
+    def test_the_webhook_sink_answers_its_status_and_keeps_only_what_it_accepted(self, webhook):
+        webhook.status = 500
+        with pytest.raises(DeliveryError, match="HTTP 500"):
+            WebhookNotifier(webhook.url).send(a_notice())
+        assert webhook.messages() == []
+        webhook.status = 204
+        WebhookNotifier(webhook.url).send(a_notice(environment="test"))
+        [body] = webhook.messages()
+        assert body["text"].startswith("[CRITICAL] Overbooked slot 2030-06-14 19:00 - Trattoria (test)\n")

@@ -23,7 +23,7 @@ def on_db(seeded_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_dry_run_prints_what_would_be_sent(on_db, conn, topic, capsys, monkeypatch):
-    monkeypatch.setenv("ALERT_TOPIC_ARN", topic.arn)
+    monkeypatch.setenv("ALERT_TOPIC_ARN", topic.topic_arn)
     overbook(conn, date=slot_date())
     assert cli.main(["check-alerts", "--dry-run", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -36,7 +36,7 @@ def test_dry_run_prints_what_would_be_sent(on_db, conn, topic, capsys, monkeypat
 
 
 def test_real_run_delivers_and_prints_each_delivery(on_db, conn, topic, webhook, capsys, monkeypatch):
-    monkeypatch.setenv("ALERT_TOPIC_ARN", topic.arn)
+    monkeypatch.setenv("ALERT_TOPIC_ARN", topic.topic_arn)
     monkeypatch.setenv("ALERT_WEBHOOK_URL", webhook.url)
     date = slot_date()
     booking_ids = overbook(conn, date=date)
@@ -46,7 +46,7 @@ def test_real_run_delivers_and_prints_each_delivery(on_db, conn, topic, webhook,
     assert f"  open     overbooking {slot} restaurant {RESTAURANT_ID}" in out
     assert f"  sns      opened    overbooking {slot} restaurant {RESTAURANT_ID}: sent" in out
     assert f"  webhook  opened    overbooking {slot} restaurant {RESTAURANT_ID}: sent" in out
-    assert len(topic.messages()) == 1 and len(webhook.received) == 1
+    assert len(topic.messages()) == 1 and len(webhook.messages()) == 1
 
     webhook.status = 500
     conn.execute("UPDATE bookings SET status = 'cancelled' WHERE id = %s", (booking_ids[0],))

@@ -142,7 +142,7 @@ class TestCheckAlertsHandler:
         app = cold_start(
             "check_alerts",
             seeded_db,
-            ALERT_TOPIC_ARN=topic.arn,
+            ALERT_TOPIC_ARN=topic.topic_arn,
             ALERT_WEBHOOK_URL=webhook.url,
             DASHBOARD_URL="https://console.example/dash?restaurant={restaurantId}",
         )
@@ -164,7 +164,7 @@ class TestCheckAlertsHandler:
         [message] = topic.messages()
         assert message["subject"] == f"[CRITICAL] Overbooked slot {date.isoformat()} 19:00 - Test Trattoria (test)"
         assert f"Dashboard: https://console.example/dash?restaurant={RESTAURANT_ID}" in message["message"]
-        assert len(webhook.received) == 1
+        assert len(webhook.messages()) == 1
         out = capsys.readouterr().out
         for personal in GUEST.values():
             assert personal not in out
@@ -183,12 +183,12 @@ class TestCheckAlertsHandler:
 
         again = app.lambda_handler(scheduled_event("check_alerts_scheduled.json"), context)
         assert (again["opened"], again["sent"]) == (0, 0)
-        assert topic.messages() == [] and len(webhook.received) == 1
+        assert topic.messages() == [] and len(webhook.messages()) == 1
         assert metric_values(emf_blobs(capsys.readouterr().out)[0])["AlertsOpened"] == 0.0
 
     def test_dry_run_event_sends_nothing(self, seeded_db, conn, cold_start, topic, capsys):
         overbook(conn, date=slot_date())
-        app = cold_start("check_alerts", seeded_db, ALERT_TOPIC_ARN=topic.arn)
+        app = cold_start("check_alerts", seeded_db, ALERT_TOPIC_ARN=topic.topic_arn)
         result = app.lambda_handler(
             scheduled_event("check_alerts_scheduled.json", dryRun=True),
             LambdaContext(function_name="CheckAlertsFunction"),
@@ -200,7 +200,7 @@ class TestCheckAlertsHandler:
 
     def test_failed_delivery_is_reported_in_metrics(self, seeded_db, conn, cold_start, topic, capsys):
         overbook(conn, date=slot_date())
-        app = cold_start("check_alerts", seeded_db, ALERT_TOPIC_ARN=topic.arn.replace("capacity-alerts", "nope"))
+        app = cold_start("check_alerts", seeded_db, ALERT_TOPIC_ARN=topic.topic_arn.replace("capacity-alerts", "nope"))
         capsys.readouterr()
         result = app.lambda_handler(
             scheduled_event("check_alerts_scheduled.json"), LambdaContext(function_name="CheckAlertsFunction")

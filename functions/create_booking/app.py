@@ -38,7 +38,7 @@ from capacity.http import (
     validation_problem,
     with_instance,
 )
-from capacity.idempotency import tenant_of, valid_key
+from capacity.idempotency import KEY_PATTERN, tenant_of, valid_key
 from capacity.models import (
     Availability,
     BookingCreated,
@@ -135,9 +135,12 @@ _GATEWAY_RESPONSES = {
 def create_booking(
     booking: BookingRequest,
     # Required; when absent the validation handler answers 400 idempotency_key_missing.
-    idempotency_key: Annotated[str, Header(alias="Idempotency-Key", description="1-255 visible ASCII characters")],
+    idempotency_key: Annotated[
+        str, Header(alias="Idempotency-Key", description="1-255 visible ASCII characters", pattern=KEY_PATTERN.pattern)
+    ],
     run_id: Annotated[
-        str | None, Header(alias="X-Run-Id", description="Groups synthetic traffic (load-test runs)")
+        str | None,
+        Header(alias="X-Run-Id", description="Groups synthetic traffic (load-test runs)", pattern=RUN_ID.pattern),
     ] = None,
 ) -> Response[Any]:
     if idempotency_key == "":

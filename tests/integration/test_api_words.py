@@ -114,6 +114,25 @@ class TestWords:
         ]
         assert stored(conn) == (0, 0, 0)
 
+    @pytest.mark.parametrize(
+        ("header", "value", "message"),
+        [
+            ("Idempotency-Key", "has space", "must be 1-255 visible ASCII characters"),
+            ("Idempotency-Key", "x" * 256, "must be 1-255 visible ASCII characters"),
+            ("X-Run-Id", "not valid!", "must be 1-64 characters of A-Z a-z 0-9 . _ : -"),
+        ],
+    )
+    def test_a_malformed_header_says_what_it_must_be(self, booking_app, header, value, message):
+        event = post_booking_event(booking_body())
+        event["headers"][header] = value
+        event["multiValueHeaders"][header] = [value]
+        status, _, body = invoke(booking_app, event)
+        assert (status, body["errors"]) == (422, [{"field": header, "message": message}])
+
+    def test_an_empty_idempotency_key_is_a_missing_one(self, booking_app):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(), key=""))
+        assert (status, body["code"]) == (400, "idempotency_key_missing")
+
     def test_not_enough_covers_is_said_as_such(self, booking_app):
         # 20 covers; 18 booked leaves 2: a party of 4 does not fit, though the slot is not full
         ok = invoke(booking_app, post_booking_event(booking_body(partySize=12), key="a"))

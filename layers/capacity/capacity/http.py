@@ -84,6 +84,8 @@ _PATTERN_MESSAGES = {
     "time": "must be a time as HH:MM, 00:00 to 23:59",
     "source": "must be 1-32 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
     "guest.phone": "must be a phone number: 6-25 digits, spaces, brackets or dashes, optionally after a +",
+    "Idempotency-Key": "must be 1-255 visible ASCII characters",
+    "X-Run-Id": "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
 }
 
 
@@ -106,7 +108,7 @@ def validation_problem(errors: Sequence[Any]) -> ProblemError:
     """
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        if err.get("type") == "missing" and loc == ("header", "idempotency-key"):
+        if loc == ("header", "idempotency-key") and (err.get("type") == "missing" or err.get("input") == ""):
             return ProblemError(
                 ProblemCode.IDEMPOTENCY_KEY_MISSING, "Send an Idempotency-Key header (1-255 visible ASCII)."
             )
@@ -129,7 +131,7 @@ def field_message(field: str, err: Any) -> str:
     valid" rather than pydantic's wording, which names patterns and Python types."""
     kind = str(err.get("type", ""))
     ctx = err.get("ctx") or {}
-    if field in _ONCE_MESSAGES and kind != "missing":
+    if field in _ONCE_MESSAGES and kind in ("string_type", "list_type"):
         # A header sent twice arrives as a list of values: the only way a header is not a string.
         return _ONCE_MESSAGES[field]
     if kind == "missing":

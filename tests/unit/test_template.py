@@ -562,7 +562,7 @@ def test_secrets_and_topic_are_reachable_by_their_own_arns_only(template):
         assert database in templates_of(name), name
     assert templates_of("CreateBookingFunction") == [database]
     assert templates_of("CheckAlertsFunction") == [
-        {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}},
+        {"SNSPublishMessagePolicy": {"TopicName": template["Resources"]["AlertTopic"]["Properties"]["TopicName"]}},
         database,
         {"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "AlertWebhookSecretArn"}}},
     ]
@@ -784,6 +784,66 @@ def test_scheduled_functions_run_one_at_a_time_and_dead_letter_their_lost_runs(t
         {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ScheduledRunFailures", "QueueName"]}}
     ]
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+def references(node: Any) -> set[str]:
+    """Logical ids a node refers to (Ref, GetAtt, ${...} in Sub, DependsOn)."""
+    found: set[str] = set()
+    for item in walk(node):
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("Ref"), str):
+            found.add(item["Ref"])
+        if "Fn::GetAtt" in item:
+            found.add(item["Fn::GetAtt"][0])
+        if "Fn::Sub" in item:
+            found |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!][^}]*)\}", sub_string(item))}
+        depends = item.get("DependsOn")
+        found |= {depends} if isinstance(depends, str) else set(depends or [])
+    return found
+
+
+def dependency_cycles(tpl: dict[str, Any]) -> list[list[str]]:
+    """Cycles among resources, counting the role SAM makes for each function (<Function>Role),
+    which holds the function's Policies: CloudFormation refuses a stack with any."""
+    names = set(tpl["Resources"]) | {f"{fn}Role" for fn in functions(tpl)}
+    graph: dict[str, set[str]] = {}
+    for name, resource in tpl["Resources"].items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function":
+            graph[f"{name}Role"] = references(props.get("Policies", [])) & names
+            rest = {k: v for k, v in resource.items() if k != "Properties"}
+            rest["Properties"] = {k: v for k, v in props.items() if k != "Policies"}
+            graph[name] = (references(rest) & names) | {f"{name}Role"}
+        else:
+            graph[name] = references(resource) & names
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+def test_no_dependency_cycle(template):
+    assert dependency_cycles(template) == []
+
+
+def test_a_dependency_cycle_is_caught(template):
+    broken = copy.deepcopy(template)
+    policies = broken["Resources"]["CheckAlertsFunction"]["Properties"]["Policies"]
+    policies[0] = {"SNSPublishMessagePolicy": {"TopicName": {"Fn::GetAtt": ["AlertTopic", "TopicName"]}}}
+    assert dependency_cycles(broken) == [["AlertTopic", "AlertTopicKey", "CheckAlertsFunctionRole", "AlertTopic"]]
 
 
 def checkov_skips(tpl: dict[str, Any]) -> list[tuple[str, str, str]]:

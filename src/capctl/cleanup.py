@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
 
+from capacity.camel_json import CamelJson
 from capacity.db import DictConnection
 from capacity.outcomes import LOAD_TEST_SOURCE
 from capctl.errors import UserError
@@ -26,7 +26,7 @@ SELECT count(*)::int AS bookings,
        count(*) FILTER (WHERE status = 'confirmed')::int AS confirmed,
        coalesce(sum(party_size) FILTER (WHERE status = 'confirmed'), 0)::int AS covers_freed,
        count(DISTINCT (restaurant_id, booking_date, booking_time)) FILTER (WHERE status = 'confirmed')::int AS slots,
-       count(*) FILTER (WHERE idempotency_key IS NOT NULL)::int AS keys
+       count(*) FILTER (WHERE idempotency_key IS NOT NULL)::int AS idempotency_keys
   FROM bookings
  WHERE source = %(source)s AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)
 """
@@ -56,19 +56,19 @@ SELECT (SELECT count(*) FROM doomed)::int AS bookings,
        (SELECT count(*) FROM doomed WHERE status = 'confirmed')::int AS confirmed,
        (SELECT coalesce(sum(covers), 0) FROM freed)::int AS covers_freed,
        (SELECT count(*) FROM ledger)::int AS slots,
-       (SELECT count(*) FROM keys)::int AS keys
+       (SELECT count(*) FROM keys)::int AS idempotency_keys
 """
 
 
 @dataclass(frozen=True)
-class CleanupResult:
+class CleanupResult(CamelJson):
     source: str
     run_id: str | None
     bookings: int
     confirmed: int
     covers_freed: int
     slots: int
-    keys: int
+    idempotency_keys: int
     dry_run: bool = False
 
     def describe(self) -> str:
@@ -76,20 +76,8 @@ class CleanupResult:
         verb = "would remove" if self.dry_run else "removed"
         return (
             f"{verb} {self.bookings} bookings ({scope}): {self.confirmed} confirmed, "
-            f"{self.covers_freed} covers freed in {self.slots} slots, {self.keys} idempotency keys deleted"
+            f"{self.covers_freed} covers freed in {self.slots} slots, {self.idempotency_keys} idempotency keys deleted"
         )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "runId": self.run_id,
-            "bookings": self.bookings,
-            "confirmed": self.confirmed,
-            "coversFreed": self.covers_freed,
-            "slots": self.slots,
-            "idempotencyKeys": self.keys,
-            "dryRun": self.dry_run,
-        }
 
 
 def check_source(source: str) -> None:

@@ -17,7 +17,7 @@ import json
 import uuid
 from typing import Any
 
-from capacity.changes import changes_of_slot
+from capacity.changes import change_line, changes_of_slot
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import load_rules, slot_states
@@ -204,7 +204,7 @@ def render(found: dict[str, Any]) -> str:
         + ("" if found["ledgerCovers"] == found["confirmedCovers"] else "  <- MISMATCH: ledger and recount disagree"),
         f"history ({len(found['changes'])}):",
     ]
-    lines += [f"  {_change_line(c)}" for c in found["changes"]] or ["  no recorded change touches this slot"]
+    lines += [f"  #{c['id']} {change_line(c)}" for c in found["changes"]] or ["  no recorded change touches this slot"]
     lines.append(f"bookings ({len(confirmed)} confirmed of {len(found['bookings'])}):")
     for b in found["bookings"]:
         accepted = f"accepted under {_covers(b['acceptedMaxCovers'])}" if b["guarded"] else "NOT through the guard"
@@ -218,12 +218,6 @@ def render(found: dict[str, Any]) -> str:
     lines.append(f"recent events ({len(found['events'])}, newest first):")
     lines += [f"  {e['occurredAt']}  {e['type']}" for e in found["events"]] or ["  none"]
     return "\n".join(lines)
-
-
-def _change_line(change: dict[str, Any]) -> str:
-    reason = f" (reason: {change['reason']})" if change["reason"] else ""
-    when = change["changedAt"][:16].replace("T", " ")
-    return f"#{change['id']} {when} UTC by {change['actor']}: {change['summary']}{reason}"
 
 
 def close(

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from capacity.changes import change_behind
+from capacity.changes import change_behind, change_line
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
-def _names(conn: DictConnection) -> dict[Any, str]:
-    return {r["id"]: r["name"] for r in conn.execute("SELECT id, name FROM restaurants")}
+def _names(conn: DictConnection) -> dict[str, str]:
+    return {str(r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM restaurants")}
 
 
 def verify(conn: DictConnection) -> dict[str, Any]:
@@ -46,42 +46,32 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def render(result: dict[str, Any], names: dict[Any, str]) -> str:
+def _where(s: dict[str, Any], names: dict[str, str]) -> str:
+    return f"{names.get(s['restaurantId'], '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
+
+
+def render(result: dict[str, Any], names: dict[str, str]) -> str:
     over, below = result["overCapacitySlots"], result["belowBookingsSlots"]
     lines = [
         f"reconciled {_plural(result['slots'], 'slot')} with confirmed bookings: "
         f"{len(over)} overbooked, {len(below)} below bookings after a capacity change"
     ]
     for s in over:
-        where = f"{names.get(_uuid(s), '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
         limit = s["acceptedMaxCovers"]
         lines.append(
-            f"OVERBOOKED {where}: {s['confirmedCovers']} covers confirmed, accepted under max {limit} "
+            f"OVERBOOKED {_where(s, names)}: {s['confirmedCovers']} covers confirmed, accepted under max {limit} "
             f"({s['confirmedCovers'] - limit} over) in {_plural(s['bookings'], 'booking')} - guard failure"
         )
         lines.append(f"  next: {s['command']}")
     for s in below:
-        where = f"{names.get(_uuid(s), '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
         change = s["change"]
-        why = f"; {_describe(change)}" if change else "; no recorded change"
+        why = f"; changed {change_line(change)}" if change else "; no recorded change"
         lines.append(
-            f"BELOW BOOKINGS {where}: capacity now {s['maxCovers']}, {s['confirmedCovers']} covers confirmed "
-            f"in {_plural(s['bookings'], 'booking')}{why}"
+            f"BELOW BOOKINGS {_where(s, names)}: capacity now {s['maxCovers']}, "
+            f"{s['confirmedCovers']} covers confirmed in {_plural(s['bookings'], 'booking')}{why}"
         )
         lines.append(f"  next: {s['command']}  (move guests or raise the capacity)")
     return "\n".join(lines)
-
-
-def _uuid(s: dict[str, Any]) -> Any:
-    import uuid
-
-    return uuid.UUID(s["restaurantId"])
-
-
-def _describe(change: dict[str, Any]) -> str:
-    reason = f" (reason: {change['reason']})" if change["reason"] else ""
-    when = change["changedAt"][:16].replace("T", " ")
-    return f"changed {when} UTC by {change['actor']}: {change['summary']}{reason}"
 
 
 def run(args: argparse.Namespace, name: str) -> int:

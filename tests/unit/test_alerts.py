@@ -101,7 +101,7 @@ class TestRateFindings:
 class TestSlotFindings:
     @staticmethod
     def state(time: str, max_covers: int | None, covers: int, accepted: int | None) -> SlotState:
-        return SlotState(A, dt.date(2030, 6, 14), dt.time.fromisoformat(time), max_covers, covers, 3, accepted)
+        return SlotState(A, dt.date(2030, 6, 14), dt.time.fromisoformat(time), max_covers, accepted, covers, 3)
 
     def test_overbooked_is_over_the_capacity_the_bookings_were_accepted_under(self):
         state = self.state
@@ -237,9 +237,9 @@ class TestSummary:
             channels=["sns"],
             transitions=[opened],
             deliveries=[
-                Delivery("sns", "overbooking", str(A), "opened", DeliveryStatus.SENT),
+                Delivery("sns", "overbooking", str(A), "", "opened", DeliveryStatus.SENT),
                 Delivery(
-                    "webhook", "overbooking", str(A), "opened", DeliveryStatus.FAILED, "", "webhook answered HTTP 500"
+                    "webhook", "overbooking", str(A), "", "opened", DeliveryStatus.FAILED, "webhook answered HTTP 500"
                 ),
             ],
         )

@@ -28,8 +28,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.types.json import Jsonb
+from pydantic import computed_field
 
 from capacity import alert_store as store
+from capacity.camel_json import CamelJson, UtcSeconds, iso_seconds
 from capacity.changes import change_behind
 from capacity.db import DictConnection
 from capacity.incidents import (
@@ -71,13 +73,13 @@ class DeliveryStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(CamelJson):
     channel: str
     alert: str
     restaurant_id: str
+    incident: str
     notice: str
     status: DeliveryStatus
-    incident: str = ""
     error: str | None = None
 
     @classmethod
@@ -93,73 +95,50 @@ class Delivery:
             error=error,
         )
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "channel": self.channel,
-            "alert": self.alert,
-            "restaurantId": self.restaurant_id,
-            "incident": self.incident,
-            "notice": self.notice,
-            "status": self.status.value,
-            "error": self.error,
-        }
-
 
 @dataclass
-class AlertRunSummary:
-    checked_at: dt.datetime
+class AlertRunSummary(CamelJson):
+    checked_at: UtcSeconds
     dry_run: bool
-    channels: list[str]
+    skipped: bool = False  # another run held the lock
+    channels: list[str] = field(default_factory=list)
     restaurants: int = 0
     slots_checked: int = 0
-    skipped: bool = False  # another run held the lock
     transitions: list[Transition] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
 
     def count(self, action: Action, kind: AlertKind | None = None) -> int:
         return sum(1 for t in self.transitions if t.action is action and (kind is None or t.key.kind is kind))
 
+    @computed_field
     @property
     def opened(self) -> int:
         return self.count(Action.OPEN)
 
-    @property
-    def resolved(self) -> int:
-        return self.count(Action.RESOLVE)
-
+    @computed_field
     @property
     def reminders(self) -> int:
         return self.count(Action.REMIND)
 
+    @computed_field
+    @property
+    def resolved(self) -> int:
+        return self.count(Action.RESOLVE)
+
+    @computed_field
     @property
     def overbook_detected(self) -> int:
         return self.count(Action.OPEN, AlertKind.OVERBOOKING)
 
-    @property
-    def delivery_failures(self) -> int:
-        return sum(1 for d in self.deliveries if d.status is DeliveryStatus.FAILED)
-
+    @computed_field
     @property
     def sent(self) -> int:
         return sum(1 for d in self.deliveries if d.status is DeliveryStatus.SENT)
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "checkedAt": _iso(self.checked_at),
-            "dryRun": self.dry_run,
-            "skipped": self.skipped,
-            "channels": self.channels,
-            "restaurants": self.restaurants,
-            "slotsChecked": self.slots_checked,
-            "opened": self.opened,
-            "reminders": self.reminders,
-            "resolved": self.resolved,
-            "overbookDetected": self.overbook_detected,
-            "sent": self.sent,
-            "deliveryFailures": self.delivery_failures,
-            "transitions": [t.as_json() for t in self.transitions],
-            "deliveries": [d.as_json() for d in self.deliveries],
-        }
+    @computed_field
+    @property
+    def delivery_failures(self) -> int:
+        return sum(1 for d in self.deliveries if d.status is DeliveryStatus.FAILED)
 
 
 def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime) -> Notice:
@@ -173,12 +152,12 @@ def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime
         restaurant_name=transition.restaurant_name,
         incident_key=transition.key.incident,
         figures=transition.figures,
-        opened_at=_iso(transition.opened_at),
-        at=_iso(now),
+        opened_at=iso_seconds(transition.opened_at),
+        at=iso_seconds(now),
         environment=settings.environment,
         runbook_url=runbook_link(settings.runbook_url, transition.key.kind),
         dashboard_url=settings.dashboard_url,
-        resolved_at=_iso(now) if notice_type is NoticeType.RESOLVED else None,
+        resolved_at=iso_seconds(now) if notice_type is NoticeType.RESOLVED else None,
     )
 
 
@@ -447,7 +426,3 @@ class AlertChecker:
             for channel in self.notifiers
         ]
         return waiting + new
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

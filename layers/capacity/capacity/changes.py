@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
+from pydantic import Field, computed_field
+
+from capacity.camel_json import CamelJson, UtcInstant
 from capacity.db import DictConnection
 
 # Changes of one restaurant that may touch a date: its slot grid, the weekly rules of that
@@ -53,10 +56,10 @@ def _capacity(row: dict[str, Any] | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class CapacityChange:
+class CapacityChange(CamelJson):
     id: int
-    restaurant_id: UUID
-    changed_at: dt.datetime
+    restaurant_id: Annotated[UUID, Field(exclude=True)]
+    changed_at: UtcInstant
     actor: str
     kind: str  # weekly_rule|override|restaurant . insert|update|delete
     before: dict[str, Any] | None
@@ -72,6 +75,8 @@ class CapacityChange:
     def subject(self) -> str:
         return self.kind.split(".", 1)[0]
 
+    @computed_field
+    @property
     def summary(self) -> str:
         """One line an operator can read: what changed, from what to what."""
         row = self.after or self.before or {}
@@ -92,21 +97,13 @@ class CapacityChange:
             return f"removed {label} {what} {span} (max covers {_capacity(self.before)})"
         return f"{label} {what} {span}: max covers {_capacity(self.before)} → {_capacity(self.after)}"
 
-    def describe(self) -> str:
-        reason = f" (reason: {self.reason})" if self.reason else ""
-        return f"{self.changed_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC by {self.actor}: {self.summary()}{reason}"
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "changedAt": self.changed_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "actor": self.actor,
-            "kind": self.kind,
-            "before": self.before,
-            "after": self.after,
-            "reason": self.reason,
-            "summary": self.summary(),
-        }
+def change_line(change: dict[str, Any]) -> str:
+    """A change, from its JSON (``as_json()``, as verify and the alert notices carry it), as an
+    operator reads it: when (UTC, to the minute), who, what, why."""
+    reason = f" (reason: {change['reason']})" if change.get("reason") else ""
+    when = str(change.get("changedAt", ""))[:16].replace("T", " ")
+    return f"{when} UTC by {change.get('actor')}: {change.get('summary')}{reason}"
 
 
 def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time) -> list[CapacityChange]:

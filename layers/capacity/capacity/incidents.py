@@ -14,9 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
+from pydantic import Field, computed_field
+
+from capacity.camel_json import CamelJson, iso_seconds
 from capacity.changes import CapacityChange
 from capacity.reconcile import SlotState
 from capacity.settings import AlertSettings
@@ -98,13 +101,13 @@ class OpenAlert:
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(CamelJson):
     action: Action
-    key: IncidentKey
+    key: Annotated[IncidentKey, Field(exclude=True)]
     restaurant_name: str
     figures: dict[str, Any]
-    opened_at: dt.datetime
-    alert_id: int | None = None  # None until an opened incident is stored
+    opened_at: Annotated[dt.datetime, Field(exclude=True)]
+    alert_id: Annotated[int | None, Field(exclude=True)] = None  # None until an opened incident is stored
 
     @property
     def notice_type(self) -> NoticeType | None:
@@ -114,16 +117,26 @@ class Transition:
             Action.RESOLVE: NoticeType.RESOLVED,
         }.get(self.action)
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action.value,
-            "alert": self.key.kind.value,
-            "restaurantId": str(self.key.restaurant_id),
-            "restaurantName": self.restaurant_name,
-            "incident": self.key.incident,
-            "severity": SEVERITY[self.key.kind].value,
-            "figures": self.figures,
-        }
+    # What the incident is, from its key, for the JSON (logs, `capctl check-alerts --json`).
+    @computed_field
+    @property
+    def alert(self) -> AlertKind:
+        return self.key.kind
+
+    @computed_field
+    @property
+    def restaurant_id(self) -> UUID:
+        return self.key.restaurant_id
+
+    @computed_field
+    @property
+    def incident(self) -> str:
+        return self.key.incident
+
+    @computed_field
+    @property
+    def severity(self) -> Severity:
+        return SEVERITY[self.key.kind]
 
 
 # -- pure decisions --------------------------------------------------------------------------
@@ -206,8 +219,8 @@ def rate_figures(
     requests = int(row["requests"])
     common = {
         "requests": requests,
-        "windowStart": _iso(start),
-        "windowEnd": _iso(end),
+        "windowStart": iso_seconds(start),
+        "windowEnd": iso_seconds(end),
         "includesLoadTest": settings.include_load_test,
     }
     conflicts = int(row["conflicts"])
@@ -293,7 +306,3 @@ def plan(
                 Transition(Action.RESOLVE, alert.key, alert.restaurant_name, figures, alert.opened_at, alert.id)
             )
     return transitions
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from capacity.changes import change_line
 from capacity.incidents import AlertKind, NoticeType
 from capacity.settings import AlertSettings
 
@@ -137,11 +138,8 @@ def _slot_lines(notice: Notice) -> list[str]:
             "Nothing is broken: the capacity was lowered after these bookings were accepted. Guests to move: "
             f"{covers - now if isinstance(now, int) else 0} covers.",
         ]
-        change = f.get("change")
-        if change:
-            reason = f" (reason: {change['reason']})" if change.get("reason") else ""
-            when = str(change.get("changedAt", ""))[:16].replace("T", " ")
-            lines.append(f"Changed: {when} UTC by {change.get('actor')}: {change.get('summary')}{reason}")
+        if f.get("change"):
+            lines.append(f"Changed: {change_line(f['change'])}")
     else:
         lines.append(f"Confirmed covers now: {covers} (capacity {_covers(now)}): the slot is within its capacity")
     ids = f.get("bookingIds") or []

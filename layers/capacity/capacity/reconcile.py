@@ -8,15 +8,18 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 from uuid import UUID
 
+from pydantic import Field
+
+from capacity.camel_json import CamelJson, HourMinute
 from capacity.db import DictConnection
 from capacity.rules import Override, RestaurantRules, WeeklyRule
 
 
 @dataclass(frozen=True, slots=True)
-class SlotState:
+class SlotState(CamelJson):
     """One booked slot: its confirmed covers against the capacity in force now and the capacity
     its bookings were accepted under.
 
@@ -33,13 +36,13 @@ class SlotState:
 
     restaurant_id: UUID
     date: dt.date
-    time: dt.time
+    time: HourMinute
     max_covers: int | None  # in force now; None = unlimited
+    accepted_max_covers: int | None  # None = unlimited
     confirmed_covers: int
     bookings: int
-    accepted_max_covers: int | None = None  # None = unlimited
     booking_ids: tuple[UUID, ...] = ()
-    last_booked_at: dt.datetime | None = None
+    last_booked_at: Annotated[dt.datetime | None, Field(exclude=True)] = None
 
     @property
     def over_capacity(self) -> bool:
@@ -48,18 +51,6 @@ class SlotState:
     @property
     def below_bookings(self) -> bool:
         return not self.over_capacity and self.max_covers is not None and self.confirmed_covers > self.max_covers
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "restaurantId": str(self.restaurant_id),
-            "date": self.date.isoformat(),
-            "time": self.time.strftime("%H:%M"),
-            "maxCovers": self.max_covers,
-            "acceptedMaxCovers": self.accepted_max_covers,
-            "confirmedCovers": self.confirmed_covers,
-            "bookings": self.bookings,
-            "bookingIds": [str(b) for b in self.booking_ids],
-        }
 
 
 # Per slot: covers, bookings (oldest first), and what the latest booking was accepted under.

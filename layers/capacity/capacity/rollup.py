@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from psycopg import sql
+from pydantic import computed_field
 
+from capacity import figures
+from capacity.camel_json import CamelJson, Rounded, UtcSeconds
 from capacity.db import DictConnection
 from capacity.figures import COUNTER_NAMES, COUNTERS_SQL, SYNTHETIC_SQL, sql_text
 from capacity.outcomes import LOAD_TEST_SOURCE
@@ -131,10 +132,10 @@ class SlotCapacity:
 
 
 @dataclass(frozen=True, slots=True)
-class HourTotals:
+class HourTotals(CamelJson):
     """Live figures of one hour over every restaurant: what the handler emits as EMF metrics."""
 
-    hour: dt.datetime
+    hour: UtcSeconds
     restaurants: int
     requests: int
     successes: int
@@ -143,32 +144,20 @@ class HourTotals:
     covers_booked: int
     capacity_covers: int
 
+    @computed_field
     @property
-    def success_rate(self) -> float | None:
-        return self.successes / self.requests if self.requests else None
+    def success_rate(self) -> Rounded:
+        return figures.success_rate(self.successes, self.requests)
 
+    @computed_field
     @property
-    def conflict_rate(self) -> float | None:
-        return self.conflicts / self.requests if self.requests else None
+    def conflict_rate(self) -> Rounded:
+        return figures.conflict_rate(self.conflicts, self.requests)
 
+    @computed_field
     @property
-    def utilization(self) -> float | None:
-        return self.covers_booked / self.capacity_covers if self.capacity_covers else None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "hour": _iso(self.hour),
-            "restaurants": self.restaurants,
-            "requests": self.requests,
-            "successes": self.successes,
-            "conflicts": self.conflicts,
-            "retryExhausted": self.retry_exhausted,
-            "coversBooked": self.covers_booked,
-            "capacityCovers": self.capacity_covers,
-            "successRate": _rounded(self.success_rate),
-            "conflictRate": _rounded(self.conflict_rate),
-            "utilization": _rounded(self.utilization),
-        }
+    def utilization(self) -> Rounded:
+        return figures.utilization(self.covers_booked, self.capacity_covers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,31 +168,15 @@ class TableResult:
 
 
 @dataclass(frozen=True, slots=True)
-class RollupSummary:
-    window_start: dt.datetime
-    window_end: dt.datetime
+class RollupSummary(CamelJson):
+    window_start: UtcSeconds
+    window_end: UtcSeconds
     hours: int
     live: TableResult
     synthetic: TableResult
     purged_idempotency_keys: int
     last_hour: HourTotals
     skipped_restaurants: list[str] = field(default_factory=list)  # unknown time zone
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "windowStart": _iso(self.window_start),
-            "windowEnd": _iso(self.window_end),
-            "hours": self.hours,
-            "live": {"rows": self.live.rows, "changed": self.live.changed, "removed": self.live.removed},
-            "synthetic": {
-                "rows": self.synthetic.rows,
-                "changed": self.synthetic.changed,
-                "removed": self.synthetic.removed,
-            },
-            "purgedIdempotencyKeys": self.purged_idempotency_keys,
-            "lastHour": self.last_hour.as_json(),
-            "skippedRestaurants": self.skipped_restaurants,
-        }
 
 
 def window(now: dt.datetime, hours: int) -> tuple[dt.datetime, dt.datetime]:
@@ -327,11 +300,3 @@ def run_rollup(conn: DictConnection, *, hours: int, now: dt.datetime | None = No
         last_hour=totals,
         skipped_restaurants=skipped,
     )
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rounded(value: float | Decimal | None) -> float | None:
-    return None if value is None else round(float(value), 6)

@@ -1,4 +1,4 @@
-"""`capctl`: the command line of the capacity engine (contract section 6).
+"""`capctl`: the command line of the capacity engine.
 
 Every command takes --help; a user mistake prints one line on stderr and exits non-zero, never a
 traceback. ``DATABASE_URL`` points any command at a real PostgreSQL instead of the embedded one.
@@ -16,18 +16,24 @@ import psycopg
 
 from capctl.errors import UserError
 
-# Commands whose implementation lives in its own module: (name, module, help).
-# Each module has add_arguments(parser) and run(args) -> exit code.
+EPILOG = """\
+database: the embedded PostgreSQL that `capctl db up` starts (its state in $CAPCTL_HOME, default
+.capctl/), or the PostgreSQL that DATABASE_URL names (staging, RDS Proxy) for every command.
+first commands of an on-call operator: capctl verify, capctl slot show, capctl check-alerts --dry-run.
+"""
+
+# Commands whose implementation lives in its own module: (name, module, help), in the order
+# --help lists them. Each module has add_arguments(parser, name) and run(args, name) -> exit code.
 _MODULE_COMMANDS = [
     ("serve", "capctl.serve", "local API Gateway emulator over the real handlers"),
     ("load", "capctl.load", "the Artillery load test, its verification and report"),
-    ("rollup", "capctl.scheduled", "run the hourly metrics roll-up once"),
-    ("check-alerts", "capctl.scheduled", "run the alert check once"),
-    ("demo", "capctl.demo", "the whole main job on the embedded default, end to end"),
-    ("cleanup", "capctl.cleanup", "remove synthetic bookings and free their capacity"),
-    ("dashboard", "capctl.dashboard", "the observability dashboard of the local stack, live or as one HTML file"),
+    ("demo", "capctl.demo", "the whole main job on a fresh embedded PostgreSQL of its own, end to end"),
     ("verify", "capctl.verify", "reconcile every booked slot; exit 1 when any is overbooked"),
     ("slot", "capctl.slot", "one slot's forensics (show) or stop its bleeding (close)"),
+    ("check-alerts", "capctl.scheduled", "run the alert check once"),
+    ("rollup", "capctl.scheduled", "run the hourly metrics roll-up once"),
+    ("dashboard", "capctl.dashboard", "the observability dashboard of the local stack, live or as one HTML file"),
+    ("cleanup", "capctl.cleanup", "remove synthetic bookings and free their capacity"),
 ]
 
 
@@ -96,18 +102,29 @@ def _seed(args: argparse.Namespace) -> int:
 def _openapi(args: argparse.Namespace) -> int:
     from capctl.openapi import check, write
 
+    path = Path(args.path)
     if args.check:
-        return check(Path(args.path))
-    write(Path(args.path))
+        return check(path)
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent} is not a directory: create it first, or give another --path")
+    write(path)
     print(f"wrote {args.path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="capctl",
+        description="The command line of the capacity engine: local stack, load test, operations.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = sub.add_parser("db", help="embedded PostgreSQL and migrations")
+    db = sub.add_parser(
+        "db", help="embedded PostgreSQL and migrations", description="embedded PostgreSQL and migrations"
+    )
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db_sub.add_parser("up", help="start the embedded PostgreSQL (or use DATABASE_URL), migrate, print the URL")
     up.add_argument("--embedded", action="store_true", help="start the embedded server even if DATABASE_URL is set")
@@ -115,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("migrate", help="apply migrations to DATABASE_URL").set_defaults(func=_db_migrate)
     db_sub.add_parser("down", help="stop the embedded PostgreSQL that `db up` started").set_defaults(func=_db_down)
 
-    seed = sub.add_parser("seed", help="load restaurants, weekly rules and overrides from a JSON file")
+    seed = sub.add_parser(
+        "seed",
+        help="load restaurants, weekly rules and overrides from a JSON file",
+        description="load restaurants, weekly rules and overrides from a JSON file; re-running it changes only "
+        "what differs, and every change is recorded in capacity_changes",
+    )
     seed.add_argument("file", metavar="FILE.json", help="the seed file: restaurants, weekly rules, overrides")
     seed.add_argument(
         "--actor", help="who makes this change, recorded in capacity_changes (default: your OS user name)"
@@ -128,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.set_defaults(func=_seed)
 
     openapi = sub.add_parser("openapi", help="write (or --check) docs/openapi.json from the handler's models")
-    openapi.add_argument("--path", default="docs/openapi.json")
+    openapi.add_argument(
+        "--path", default="docs/openapi.json", help="the document to write or check (default: docs/openapi.json)"
+    )
     openapi.add_argument("--check", action="store_true", help="exit 1 when the file differs from the code")
     openapi.set_defaults(func=_openapi)
 
@@ -137,7 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command, name)
         command.set_defaults(func=_runner(module, name))
+    for command in [*sub.choices.values(), *db_sub.choices.values()]:
+        command.set_defaults(_parser=command)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("capacity-engine")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _runner(module: object, name: str) -> Callable[[argparse.Namespace], int]:
@@ -157,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from capctl.database import redact  # an error line never shows a database password
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # The command's own usage, not the top-level one: `capctl verify --foo` says what verify takes.
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except UserError as exc:

@@ -89,7 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="the reduced scenario (~15 s) instead of the full one")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic bookings afterwards")
-    parser.add_argument("--report-dir", type=Path, default=load_test.DEFAULT_REPORT_DIR)
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=load_test.DEFAULT_REPORT_DIR,
+        help=f"where the report, its logs and the dashboard snapshot go (default: {load_test.DEFAULT_REPORT_DIR})",
+    )
     parser.add_argument(
         "--faults",
         metavar="LIST",

@@ -50,7 +50,9 @@ def _local(url: str) -> bool:
     return url.startswith(("file:", "data:", "about:", "http://127.0.0.1", "http://localhost"))
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in this thread
+# while it is started, and later tests that call asyncio.run() (tests/e2e) must not meet it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     path = chromium_path()
     if path is None:

@@ -79,22 +79,6 @@ class TestRacingDuplicates:
         assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 1
 
 
-class TestInFlight:
-    def test_a_key_being_written_right_now_answers_409_in_progress(self, fast_app, conn, seeded_db):
-        # The tenant is the API key id the event carries (id-tenant-a); hold the key's lock as a
-        # concurrent request's uncommitted statement would.
-        with psycopg.connect(seeded_db) as other:
-            other.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("id-tenant-a k",))
-            status, headers, body = invoke(fast_app, post_booking_event(booking_body(), key="k"))
-            assert (status, body["code"], headers["Retry-After"]) == (409, "idempotency_in_progress", "1")
-            assert headers["Content-Type"] == "application/problem+json"
-            assert conn.execute("SELECT count(*) AS n FROM slot_usage").fetchone()["n"] == 0
-            # another key is not held up
-            assert invoke(fast_app, post_booking_event(booking_body(), key="other"))[0] == 201
-        assert events(conn) == {"booking.success": 1}
-        assert invoke(fast_app, post_booking_event(booking_body(), key="k"))[0] == 201
-
-
 class TestKeys:
     def test_an_expired_key_is_free_again(self, fast_app, conn):
         invoke(fast_app, post_booking_event(booking_body(partySize=2), key="old"))

@@ -269,7 +269,7 @@ class TestSettings:
         with pytest.raises(SettingsError, match=r"invalid setting ALERT_TOPIC_ARN: .*SNS topic ARN"):
             AlertSettings.from_env({"ALERT_TOPIC_ARN": arn})
 
-    def test_defaults_from_the_contract(self):
+    def test_defaults_alert_above_5_percent_over_20_requests_and_remind_hourly(self):
         s = AlertSettings.from_env({})
         assert (s.conflict_rate_threshold, s.conflict_min_requests, s.alert_cooldown_minutes) == (0.05, 20, 60)
         assert (s.alert_topic_arn, s.alert_webhook_url, s.include_load_test) == (None, None, False)

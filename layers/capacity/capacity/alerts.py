@@ -1,8 +1,11 @@
 """The alert check: evaluate every restaurant, move each incident through its states, deliver.
 
-Per restaurant, three alerts:
+Per restaurant, four alerts (``incidents.AlertKind``):
   * overbooking (critical): a slot whose confirmed covers, summed from ``bookings``, exceed the
-    capacity in force; one incident per slot; all traffic counts (capacity is shared);
+    capacity they were accepted under (a guard failure); one incident per slot; all traffic
+    counts (capacity is shared);
+  * capacity below bookings (warning): a slot whose capacity was lowered after its bookings
+    were accepted, below their covers; the notice names the change that did it;
   * conflict rate (warning): requests that met a conflict / all requests over the last hour is
     strictly above the threshold, with at least the minimum volume;
   * retry exhaustion (warning): more than the threshold of requests ran out of retries in the

@@ -142,6 +142,17 @@ HOSTILE = [
 
 
 @pytest.mark.integration
+def test_hostile_but_valid_contact_details_are_stored_verbatim(booking_app, conn):
+    contact = {"name": "Zoë O'Brien-<b>", "email": "o'brien+tag%x&y@example.com", "phone": "+44 (20) 7946-0000"}
+    status, _, reply = invoke(booking_app, post_booking_event(booking_body(guest=contact), key="contact"))
+    assert status == 201, reply
+    row = conn.execute(
+        "SELECT guest_name, guest_email, guest_phone FROM bookings WHERE id = %s", (reply["booking"]["id"],)
+    ).fetchone()
+    assert (row["guest_name"], row["guest_email"], row["guest_phone"]) == tuple(contact.values())
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_strings_are_stored_verbatim(booking_app, conn, text):
     body = booking_body(guest={"name": text, "email": "ada@example.com"}, notes=(text * 5)[:1000])

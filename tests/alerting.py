@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from capacity.notifiers import Notice
 from tests.support import RESTAURANT_ID
 
 REGION = "eu-west-1"
@@ -20,6 +21,11 @@ GUEST = {"name": "Grace Hopper", "email": "grace@example.com", "phone": "+44 20 
 
 def slot_date(days_ahead: int = 7) -> dt.date:
     return dt.datetime.now(LONDON).date() + dt.timedelta(days=days_ahead)
+
+
+def other_restaurant(timezone: str, *weekly: dict[str, Any]) -> dict[str, Any]:
+    """A seed file of a second restaurant (OTHER_ID, "Osteria Due") with these weekly rules."""
+    return {"restaurants": [{"id": OTHER_ID, "name": "Osteria Due", "timezone": timezone, "weekly": list(weekly)}]}
 
 
 def insert_booking(
@@ -83,3 +89,33 @@ def insert_event(
             "INSERT INTO observability_events (event_type, restaurant_id, occurred_at, metadata) VALUES (%s, %s, %s, %s)",
             (event_type, restaurant_id, when, json.dumps(meta)),
         )
+
+
+def notice(**overrides: Any) -> Notice:
+    """An overbooking notice as the alert check raises it, with ``overrides``."""
+    values: dict[str, Any] = {
+        "alert_type": "overbooking",
+        "notice": "opened",
+        "severity": "critical",
+        "restaurant_id": RESTAURANT_ID,
+        "restaurant_name": "Test Trattoria",
+        "incident_key": "2030-06-14 19:00",
+        "figures": {
+            "date": "2030-06-14",
+            "time": "19:00",
+            "timezone": "Europe/London",
+            "maxCovers": 20,
+            "acceptedMaxCovers": 20,
+            "confirmedCovers": 24,
+            "bookings": 6,
+            "bookingIds": ["b1", "b2", "b3"],
+            "command": f"capctl slot show {RESTAURANT_ID} 2030-06-14 19:00",
+        },
+        "opened_at": "2030-06-14T18:05:00Z",
+        "at": "2030-06-14T18:05:00Z",
+        "environment": "prod",
+        "runbook_url": "https://runbooks.example/capacity#overbooking",
+        "dashboard_url": None,
+    }
+    values.update(overrides)
+    return Notice(**values)

@@ -15,8 +15,10 @@ import argparse
 import datetime as dt
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from capacity.camel_json import iso_instant
 from capacity.changes import change_line, changes_of_slot
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
@@ -26,6 +28,7 @@ from capctl.errors import UserError
 from capctl.seed import default_actor, set_actor
 
 RECENT_EVENTS = 20
+T = TypeVar("T")
 
 _RESTAURANT = "SELECT id, name, timezone, slot_minutes FROM restaurants WHERE id = %s"
 _LEDGER = "SELECT booked_covers FROM slot_usage WHERE restaurant_id = %s AND slot_date = %s AND slot_time = %s"
@@ -76,25 +79,22 @@ def _parse_slot(args: argparse.Namespace) -> tuple[uuid.UUID, dt.date, dt.time]:
         restaurant_id = uuid.UUID(args.restaurant_id)
     except ValueError:
         raise UserError(f"RESTAURANT_ID must be a UUID, not {args.restaurant_id!r}") from None
-    return restaurant_id, _date(args.date), _time(args.time, "TIME")
-
-
-def _date(value: str) -> dt.date:
-    try:
-        if len(value) == 10:
-            return dt.date.fromisoformat(value)
-    except ValueError:
-        pass
-    raise UserError(f"DATE must be a date as YYYY-MM-DD, not {value!r}")
+    date = _exactly(args.date, "DATE", "date", "YYYY-MM-DD", dt.date.fromisoformat)
+    return restaurant_id, date, _time(args.time, "TIME")
 
 
 def _time(value: str, name: str) -> dt.time:
+    return _exactly(value, name, "time", "HH:MM", dt.time.fromisoformat)
+
+
+def _exactly(value: str, name: str, kind: str, form: str, parse: Callable[[str], T]) -> T:
+    """``value`` written exactly as ``form`` (HH:MM, not also HH:MM:SS), or a one-line error."""
     try:
-        if len(value) == 5:
-            return dt.time.fromisoformat(value)
+        if len(value) == len(form):
+            return parse(value)
     except ValueError:
         pass
-    raise UserError(f"{name} must be a time as HH:MM, not {value!r}")
+    raise UserError(f"{name} must be a {kind} as {form}, not {value!r}")
 
 
 def _restaurant(conn: DictConnection, restaurant_id: uuid.UUID) -> dict[str, Any]:
@@ -106,10 +106,6 @@ def _restaurant(conn: DictConnection, restaurant_id: uuid.UUID) -> dict[str, Any
 
 def _hhmm(value: dt.time | None) -> str | None:
     return value.strftime("%H:%M") if value is not None else None
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def rule_json(capacity: Capacity) -> dict[str, Any]:
@@ -135,7 +131,7 @@ def forensics(
     for b in conn.execute(_BOOKINGS, (restaurant_id, date, time)):
         booking = {
             "id": str(b["id"]),
-            "createdAt": _iso(b["created_at"]),
+            "createdAt": iso_instant(b["created_at"]),
             "source": b["source"],
             "partySize": b["party_size"],
             "status": b["status"],
@@ -146,7 +142,7 @@ def forensics(
             booking["guest"] = {"name": b["guest_name"], "email": b["guest_email"], "phone": b["guest_phone"]}
         bookings.append(booking)
     events = [
-        {"id": e["id"], "type": e["event_type"], "occurredAt": _iso(e["occurred_at"]), "metadata": e["metadata"]}
+        {"id": e["id"], "type": e["event_type"], "occurredAt": iso_instant(e["occurred_at"]), "metadata": e["metadata"]}
         for e in conn.execute(_EVENTS, (restaurant_id, date.isoformat(), _hhmm(time), RECENT_EVENTS))
     ]
     condition = "ok"

@@ -15,11 +15,21 @@ import pytest
 from psycopg.rows import dict_row
 
 from capacity.alerts import AlertChecker
-from capacity.notifiers import DeliveryError, Notice, SnsNotifier, WebhookNotifier, notifiers_from_settings
+from capacity.notifiers import DeliveryError, SnsNotifier, WebhookNotifier, notifiers_from_settings
 from capacity.settings import AlertSettings
 from capctl import demo
 from capctl.sns_inbox import SnsInbox
-from tests.alerting import GUEST, OTHER_ID, REGION, insert_booking, insert_event, overbook, slot_date
+from tests.alerting import (
+    GUEST,
+    OTHER_ID,
+    REGION,
+    insert_booking,
+    insert_event,
+    notice,
+    other_restaurant,
+    overbook,
+    slot_date,
+)
 from tests.support import RESTAURANT_ID
 
 
@@ -399,18 +409,10 @@ class TestRun:
     @pytest.fixture
     def two_restaurants(self, seeded_db, seed):
         seed(
-            {
-                "restaurants": [
-                    {
-                        "id": OTHER_ID,
-                        "name": "Osteria Due",
-                        "timezone": "America/New_York",
-                        "weekly": [
-                            {"weekdays": [1, 2, 3, 4, 5, 6, 7], "start": "17:00", "end": "22:00", "maxCovers": 20}
-                        ],
-                    }
-                ]
-            }
+            other_restaurant(
+                "America/New_York",
+                {"weekdays": [1, 2, 3, 4, 5, 6, 7], "start": "17:00", "end": "22:00", "maxCovers": 20},
+            )
         )
 
     def test_an_incident_in_one_restaurant_never_alerts_for_another(self, two_restaurants, conn, topic):
@@ -497,23 +499,6 @@ class TestRun:
 # -- the channels' local stand-ins (capctl.sns_inbox, capctl.webhook_sink) ----------------------
 
 
-def a_notice(**overrides: Any) -> Notice:
-    values: dict[str, Any] = {
-        "alert_type": "overbooking",
-        "notice": "opened",
-        "severity": "critical",
-        "restaurant_id": RESTAURANT_ID,
-        "restaurant_name": "Trattoria",
-        "incident_key": "2030-06-14 19:00",
-        "figures": {"confirmedCovers": 24, "acceptedMaxCovers": 20, "bookings": 6},
-        "opened_at": "2030-06-14T18:05:00Z",
-        "at": "2030-06-14T18:05:00Z",
-        "environment": "demo",
-        "runbook_url": "https://runbooks.example/capacity#overbooking",
-    }
-    return Notice(**(values | overrides))
-
-
 class TestStandIns:
     def test_the_inbox_reads_back_from_a_moto_server_as_the_demo_runs_it(self, tmp_path, monkeypatch):
         monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -528,9 +513,9 @@ class TestStandIns:
             endpoint = f"http://127.0.0.1:{port}"
             demo.wait_http(f"{endpoint}/moto-api/", 30, ok=(200, 404))
             inbox = SnsInbox(endpoint, region="us-east-1", topic_name="capacity-alerts-demo")
-            SnsNotifier(inbox.topic_arn, client=inbox.sns).send(a_notice())
+            SnsNotifier(inbox.topic_arn, client=inbox.sns).send(notice())
             [message] = inbox.messages()
-            assert message["subject"] == "[CRITICAL] Overbooked slot 2030-06-14 19:00 - Trattoria (demo)"
+            assert message["subject"] == "[CRITICAL] Overbooked slot 2030-06-14 19:00 - Test Trattoria (prod)"
             assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over)" in message["message"]
             assert message["attributes"] == {
                 "severity": "critical",
@@ -544,9 +529,9 @@ class TestStandIns:
     def test_the_webhook_sink_answers_its_status_and_keeps_only_what_it_accepted(self, webhook):
         webhook.status = 500
         with pytest.raises(DeliveryError, match="HTTP 500"):
-            WebhookNotifier(webhook.url).send(a_notice())
+            WebhookNotifier(webhook.url).send(notice())
         assert webhook.messages() == []
         webhook.status = 204
-        WebhookNotifier(webhook.url).send(a_notice(environment="test"))
+        WebhookNotifier(webhook.url).send(notice(environment="test"))
         [body] = webhook.messages()
-        assert body["text"].startswith("[CRITICAL] Overbooked slot 2030-06-14 19:00 - Trattoria (test)\n")
+        assert body["text"].startswith("[CRITICAL] Overbooked slot 2030-06-14 19:00 - Test Trattoria (test)\n")

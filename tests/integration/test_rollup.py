@@ -12,7 +12,7 @@ import pytest
 
 from capacity import rollup
 from capacity.rollup import run_rollup
-from tests.alerting import OTHER_ID, insert_booking, insert_event
+from tests.alerting import OTHER_ID, insert_booking, insert_event, other_restaurant
 from tests.support import RESTAURANT_ID, UNLIMITED_DATE
 
 # Friday 2030-06-14, 19:30 UTC = 20:30 in London (BST). With 3 hours the window is
@@ -135,18 +135,7 @@ class TestFigures:
         }
 
     def test_time_zones_place_slots_in_their_utc_hours(self, seeded_db, conn, seed):
-        seed(
-            {
-                "restaurants": [
-                    {
-                        "id": OTHER_ID,
-                        "name": "Osteria Due",
-                        "timezone": "America/New_York",
-                        "weekly": [{"weekdays": [5], "start": "17:00", "end": "18:00", "maxCovers": 10}],
-                    }
-                ]
-            }
-        )
+        seed(other_restaurant("America/New_York", {"weekdays": [5], "start": "17:00", "end": "18:00", "maxCovers": 10}))
         insert_booking(conn, restaurant_id=OTHER_ID, date=DATE, time="17:30", party_size=5)
         # 22:10 UTC: window [19:00, 23:00). New York 17:00-17:45 EDT is 21:00 UTC.
         run_rollup(conn, hours=3, now=dt.datetime(2030, 6, 14, 22, 10, tzinfo=dt.UTC))
@@ -160,18 +149,7 @@ class TestFigures:
         assert london == [(at(19), 80), (at(20), 80)]  # 20:00-21:45 BST
 
     def test_a_restaurant_with_an_unknown_time_zone_is_skipped_not_fatal(self, seeded_db, conn, seed):
-        seed(
-            {
-                "restaurants": [
-                    {
-                        "id": OTHER_ID,
-                        "name": "Osteria Due",
-                        "timezone": "UTC",
-                        "weekly": [{"weekdays": [5], "start": "17:00", "end": "18:00", "maxCovers": 10}],
-                    }
-                ]
-            }
-        )
+        seed(other_restaurant("UTC", {"weekdays": [5], "start": "17:00", "end": "18:00", "maxCovers": 10}))
         conn.execute("UPDATE restaurants SET timezone = 'Mars/Olympus' WHERE id = %s", (OTHER_ID,))
         summary = run_rollup(conn, hours=3, now=NOW)
         assert summary.skipped_restaurants == [OTHER_ID]
@@ -275,19 +253,21 @@ class TestTrafficClasses:
         assert (row(conn, at(18))["requests"], row(conn, at(18))["conflicts"]) == (2, 0)
 
 
+def idempotency_key(conn: Any, key: str, *, expires: str) -> None:
+    """A stored 201 under ``key`` that expires ``expires`` from now (negative: already expired)."""
+    conn.execute(
+        "INSERT INTO idempotency_keys (tenant, key, fingerprint, status_code, response, expires_at)"
+        " VALUES ('t', %s, 'f', 201, '{}', now() + %s::interval)",
+        (key, expires),
+    )
+
+
 class TestPurge:
     def test_expired_idempotency_keys_are_purged(self, seeded_db, conn, monkeypatch):
         monkeypatch.setattr(rollup, "PURGE_BATCH", 2)
         for n in range(5):
-            conn.execute(
-                "INSERT INTO idempotency_keys (tenant, key, fingerprint, status_code, response, expires_at)"
-                " VALUES ('t', %s, 'f', 201, '{}', now() - interval '1 minute')",
-                (f"old-{n}",),
-            )
-        conn.execute(
-            "INSERT INTO idempotency_keys (tenant, key, fingerprint, status_code, response, expires_at)"
-            " VALUES ('t', 'fresh', 'f', 201, '{}', now() + interval '1 day')"
-        )
+            idempotency_key(conn, f"old-{n}", expires="-1 minute")
+        idempotency_key(conn, "fresh", expires="1 day")
         summary = run_rollup(conn, hours=1, now=NOW)
         assert summary.purged_idempotency_keys == 5
         assert [r["key"] for r in conn.execute("SELECT key FROM idempotency_keys")] == ["fresh"]
@@ -296,11 +276,7 @@ class TestPurge:
         monkeypatch.setattr(rollup, "PURGE_BATCH", 2)
         monkeypatch.setattr(rollup, "PURGE_MAX_BATCHES", 2)
         for n in range(5):
-            conn.execute(
-                "INSERT INTO idempotency_keys (tenant, key, fingerprint, status_code, response, expires_at)"
-                " VALUES ('t', %s, 'f', 201, '{}', now() - interval '1 minute')",
-                (f"old-{n}",),
-            )
+            idempotency_key(conn, f"old-{n}", expires="-1 minute")
         assert run_rollup(conn, hours=1, now=NOW).purged_idempotency_keys == 4
         assert run_rollup(conn, hours=1, now=NOW).purged_idempotency_keys == 1
 

@@ -24,38 +24,10 @@ from capacity.notifiers import (
     webhook_payload,
 )
 from capacity.settings import AlertSettings
+from tests.alerting import notice
+from tests.support import RESTAURANT_ID as RID
 
-RID = "11111111-2222-4333-8444-555555555555"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:capacity-alerts"
-
-
-def notice(**overrides: Any) -> Notice:
-    values: dict[str, Any] = {
-        "alert_type": "overbooking",
-        "notice": "opened",
-        "severity": "critical",
-        "restaurant_id": RID,
-        "restaurant_name": "Test Trattoria",
-        "incident_key": "2030-06-14 19:00",
-        "figures": {
-            "date": "2030-06-14",
-            "time": "19:00",
-            "timezone": "Europe/London",
-            "maxCovers": 20,
-            "acceptedMaxCovers": 20,
-            "confirmedCovers": 24,
-            "bookings": 6,
-            "bookingIds": ["b1", "b2", "b3"],
-            "command": f"capctl slot show {RID} 2030-06-14 19:00",
-        },
-        "opened_at": "2030-06-14T18:05:00Z",
-        "at": "2030-06-14T18:05:00Z",
-        "environment": "prod",
-        "runbook_url": "https://runbooks.example/capacity#overbooking",
-        "dashboard_url": None,
-    }
-    values.update(overrides)
-    return Notice(**values)
 
 
 class TestWording:

@@ -499,7 +499,6 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
             stem=stem,
         )
         result = load_test.run_load(options, env=base_env, out=out)
-        snapshot = write_dashboard(database_url, args.report_dir / f"{stem}.dashboard.html", serve.log_path, out)
 
         _step(out, "5/6 scheduled functions: rollup, then the alert check (load-test traffic included)")
         alert_env = {**DEMO_ALERT_SETTINGS, **base_env}
@@ -538,6 +537,9 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
                 file=out,
             )
             explain_alerts(alerts, names, out)
+
+        # After the alert check, so the snapshot shows the incidents it opened.
+        snapshot = write_dashboard(database_url, args.report_dir / f"{stem}.dashboard.html", serve.log_path, out)
 
         _step(out, "6/6 delivered alerts")
         print_delivered(inbox, sink, out)

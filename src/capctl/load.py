@@ -624,6 +624,7 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
                 "bookedBefore": s["bookedCovers"],
                 "byRun": by_run.get(key, 0),
             }
+    overbooked: set[tuple[str, str, str]] = set()
     for state in states:
         row = state.as_json()
         key = _slot_key(row["restaurantId"], row["date"], row["time"])
@@ -638,8 +639,10 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
         # The capacity in force now, resolved from the rules (not what availability said).
         entry["maxCovers"] = row["maxCovers"]
         entry["confirmedCovers"] = row["confirmedCovers"]
+        if state.over_capacity:  # over the capacity the bookings were accepted under: a guard failure
+            overbooked.add(key)
     ordered = [slots[k] for k in sorted(slots)]
-    over = [s for s in ordered if s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]]
+    over = [slots[k] for k in sorted(overbooked)]
     run_rows = conn.execute(_RUN_BOOKINGS, {"run_id": plan.run_id, "source": LOAD_TEST_SOURCE}).fetchone()
     duplicates = conn.execute(_DUPLICATE_KEYS, {"run_id": plan.run_id}).fetchone()
     # Every event a booking request can record is listed, 0 when the run had none of it.

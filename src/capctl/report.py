@@ -43,7 +43,7 @@ class Verification:
     # (requests that met a conflict, capacity.figures.CONFLICTED_SQL) when load.py counts them.
     events_timeline: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # Fault-injected runs: bookings answered 201 / cancellations answered 204 that are not in
+    # Fault-injected runs: bookings answered 201 / cancellations answered 200 that are not in
     # effect afterwards (None = not checked), and checks of the run's history.
     acknowledged_lost: int | None = None
     cancellations_lost: int | None = None

@@ -23,6 +23,7 @@ from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, Rollu
 from capacity.settings import AlertSettings, RollupSettings, SettingsError
 from capctl import database
 from capctl.errors import UserError
+from capctl.text import plural
 
 MAX_HOURS = 24 * 31
 
@@ -176,7 +177,7 @@ def format_alerts(summary: AlertRunSummary) -> str:
     prefix = "dry run: " if summary.dry_run else ""
     channels = ", ".join(summary.channels) or "none configured (set ALERT_TOPIC_ARN / ALERT_WEBHOOK_URL)"
     lines = [
-        f"{prefix}checked {summary.restaurants} restaurants, {summary.slots_checked} booked slots; "
+        f"{prefix}checked {plural(summary.restaurants, 'restaurant')}, {plural(summary.slots_checked, 'booked slot')}; "
         f"channels: {channels}",
         f"  opened {summary.opened}, reminders {summary.reminders}, resolved {summary.resolved}, "
         f"sent {summary.sent}, delivery failures {summary.delivery_failures}",

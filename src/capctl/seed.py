@@ -30,6 +30,7 @@ from capacity.db import DictConnection
 from capacity.models import TIME_PATTERN
 from capacity.reconcile import SlotState, slot_states
 from capctl.errors import UserError
+from capctl.text import plural
 
 Time = Annotated[str, Field(pattern=TIME_PATTERN)]
 
@@ -134,11 +135,11 @@ class SeedResult:
 
     def describe(self) -> str:
         parts = [
-            _plural(self.restaurants, "restaurant"),
-            _plural(self.weekly, "weekly rule"),
-            _plural(self.overrides, "override"),
+            plural(self.restaurants, "restaurant"),
+            plural(self.weekly, "weekly rule"),
+            plural(self.overrides, "override"),
         ]
-        changed = "no capacity change" if not self.changes else _plural(self.changes, "capacity change") + " recorded"
+        changed = "no capacity change" if not self.changes else plural(self.changes, "capacity change") + " recorded"
         return f"seeded {', '.join(parts)}: {changed}"
 
 
@@ -148,10 +149,6 @@ class BelowBookings(Exception):
     def __init__(self, slots: Sequence[SlotState]) -> None:
         super().__init__(f"{len(slots)} future slots would drop below their confirmed covers")
         self.slots = tuple(slots)
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 # Rows of a restaurant's rules as comparable tuples: (key, value). The key says which rule it is

@@ -43,6 +43,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -639,6 +640,8 @@ async def serve(options: Options) -> int:
         site = web.TCPSite(runner, options.host, options.port)
         try:
             await site.start()
+        except socket.gaierror:
+            raise UserError(f"cannot listen on {options.host}:{options.port}: the host name does not resolve") from None
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise UserError(f"cannot listen on {options.host}:{options.port}: {reason}") from None

@@ -473,3 +473,16 @@ def test_a_booking_path_with_control_characters_or_bad_utf8_is_a_problem_404(
             assert problem["code"] in ("not_found", "booking_not_found")
     # the access log stays one line per request
     assert "abc\\ndef" in api.log_text()
+
+
+def test_a_host_that_does_not_resolve_is_a_one_line_error(seeded_db: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "capctl.cli", "serve", "--host", "nosuchhost.invalid", "--port", "0"],
+        check=False,
+        env={**os.environ, "DATABASE_URL": seeded_db},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "capctl: error: cannot listen on nosuchhost.invalid:0: the host name does not resolve\n"

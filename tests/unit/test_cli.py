@@ -61,3 +61,10 @@ def test_openapi_refuses_a_directory_that_does_not_exist(tmp_path, capsys: pytes
     err = capsys.readouterr().err
     assert err == f"capctl: error: {target.parent} is not a directory: create it first, or give another --path\n"
     assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(("n", "words"), [(0, "0 slots"), (1, "1 slot"), (2, "2 slots")])
+def test_counts_take_the_right_number(n: int, words: str) -> None:
+    from capctl.text import plural
+
+    assert plural(n, "slot") == words

@@ -773,7 +773,7 @@ def run_load(
     plan = make_plan(api, options, run_id)
     stem = options.stem or reports.report_stem(started_at)
     # Artillery's raw output and log go one level down, so that `reports/load-tests/*.json` are
-    # the reports (contract section 7) and nothing else.
+    # the reports and nothing else.
     raw_dir = options.report_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     print(

@@ -1,4 +1,4 @@
-"""The load-test report (contract section 7): the JSON document, the terminal table and a
+"""The load-test report: the JSON document, the terminal table and a
 self-contained HTML page with charts (uPlot and the data embedded, no network), written side by
 side as ``reports/load-tests/<UTC timestamp>.{json,txt,html}``.
 

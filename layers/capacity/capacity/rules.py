@@ -1,4 +1,4 @@
-"""Capacity rules, as the contract states them (section 2). Pure: no I/O.
+"""Capacity rules: weekly rules, overrides, the slot grid and alternatives. Pure: no I/O.
 
 Resolution for (restaurant, date, time), most specific first:
   1. an override of that date whose [start, end) range holds the time — the narrowest range wins;

@@ -9,6 +9,7 @@ what must differ per booking: the Idempotency-Key and the booking id.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,9 @@ SELECT gen_random_uuid(), '{restaurant}', '{date}', '{time}', 1, 'bench', 'raw-'
 """
 
 KEY = "BENCHKEY7f3c9a"  # stands for the per-booking key in recorded statements
+# How pgbench sends statements: "prepared" mirrors the engine's psycopg (it prepares a statement
+# after 5 runs on a connection); "extended" mirrors DB_PREPARE_THRESHOLD=off (behind RDS Proxy).
+MODE = os.environ.get("BENCH_PGBENCH_MODE", "prepared")
 
 
 def binary() -> str:
@@ -133,7 +137,7 @@ def _pgbench_sql(statement: str, booking_id: str) -> str:
 
 
 def run(url: str, scripts: Sequence[str], clients: int, seconds: float) -> Run:
-    """pgbench over the scripts (chosen at random per transaction), prepared statements, no vacuum."""
+    """pgbench over the scripts (chosen at random per transaction), in MODE, no vacuum."""
     with tempfile.TemporaryDirectory(prefix="capacity-pgbench-") as tmp:
         files = []
         for n, text in enumerate(scripts):
@@ -145,7 +149,7 @@ def run(url: str, scripts: Sequence[str], clients: int, seconds: float) -> Run:
             binary(),
             "-n",
             "-M",
-            "prepared",
+            MODE,
             "-c",
             str(clients),
             "-j",

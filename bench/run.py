@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import booking, coldstart, harness, overhead, scheduled
+from bench import booking, coldstart, harness, overhead, pgbench, scheduled
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
@@ -212,7 +212,12 @@ def main() -> int:
             "load_average_at_start": load_at_start,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {"rounds": ROUNDS, "seconds_per_run": SECONDS, "http_instances": HTTP_INSTANCES},
+        "settings": {
+            "rounds": ROUNDS,
+            "seconds_per_run": SECONDS,
+            "http_instances": HTTP_INSTANCES,
+            "pgbench_mode": pgbench.MODE,
+        },
         "benchmarks": results,
         "targets": goals,
     }

@@ -14,7 +14,9 @@ sharded PostgreSQL (Citus, distributed by ``restaurant_id``) can route it to one
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,8 +75,11 @@ class Sent:
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
-    """Every statement (text and parameters) and every connection's parameters, as sent."""
+    """Every statement (text and parameters) and every connection's parameters, as the functions'
+    code sends them: only connections opened from ``capacity`` code (``capacity.db``) count, not
+    the test's own."""
     record = Sent()
+    theirs: set[int] = set()  # ids of the connections the functions opened
     original_execute = psycopg.Cursor.execute
     original_executemany = psycopg.Cursor.executemany
     original_connect = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
@@ -85,20 +90,26 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         return query if isinstance(query, str) else query.as_string(cursor.connection)
 
     def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        record.statements.append((text_of(self, query), params))
-        if kwargs.get("prepare"):
-            record.statements.append(("PREPARE (explicit prepare=True)", None))
+        if id(self.connection) in theirs:
+            record.statements.append((text_of(self, query), params))
+            if kwargs.get("prepare"):
+                record.statements.append(("PREPARE (explicit prepare=True)", None))
         return original_execute(self, query, params, **kwargs)
 
     def executemany(self: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
-        record.statements.append((text_of(self, query), None))
+        if id(self.connection) in theirs:
+            record.statements.append((text_of(self, query), None))
         return original_executemany(self, query, params_seq, **kwargs)
 
     def connect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
-        params = {**psycopg.conninfo.conninfo_to_dict(conninfo), **kwargs}
-        record.connections.append(params)
         conn = original_connect(cls, conninfo, **kwargs)
-        record.prepare_thresholds.append(conn.prepare_threshold)
+        caller = sys._getframe(1)
+        while caller is not None and caller.f_code.co_filename.endswith(("test_pinning.py", "connection.py")):
+            caller = caller.f_back  # past this fixture's own wrappers and psycopg's
+        if caller is not None and f"{os.sep}capacity{os.sep}" in caller.f_code.co_filename:
+            theirs.add(id(conn))
+            record.connections.append({**psycopg.conninfo.conninfo_to_dict(conninfo), **kwargs})
+            record.prepare_thresholds.append(conn.prepare_threshold)
         return conn
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)

@@ -49,6 +49,7 @@ from capctl import faults as fault_injection
 from capctl import load as load_test
 from capctl import report as reports
 from capctl.errors import UserError
+from capctl.sns_inbox import SnsInbox
 from capctl.webhook_sink import WebhookSink
 
 SEED_FILE = Path("load/seed.json")
@@ -211,41 +212,6 @@ def moto_server_binary() -> str:
     return found
 
 
-class AlertInbox:
-    """An SNS topic with an SQS queue subscribed: what the alert check publishes, read back."""
-
-    def __init__(self, endpoint: str) -> None:
-        import boto3
-
-        kwargs: dict[str, Any] = {
-            "endpoint_url": endpoint,
-            "region_name": REGION,
-            "aws_access_key_id": "testing",
-            "aws_secret_access_key": "testing",
-        }
-        self.sns = boto3.client("sns", **kwargs)
-        self.sqs = boto3.client("sqs", **kwargs)
-        self.topic_arn: str = self.sns.create_topic(Name=TOPIC_NAME)["TopicArn"]
-        self.queue_url: str = self.sqs.create_queue(QueueName=QUEUE_NAME)["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        self.sns.subscribe(TopicArn=self.topic_arn, Protocol="sqs", Endpoint=queue_arn)
-
-    def messages(self) -> list[dict[str, Any]]:
-        """Every notice published so far: {subject, message} from the SNS envelopes."""
-        found: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-            items = batch.get("Messages") or []
-            if not items:
-                return found
-            for item in items:
-                envelope = json.loads(item["Body"])
-                found.append({"subject": envelope.get("Subject"), "message": envelope.get("Message", "")})
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=item["ReceiptHandle"])
-
-
 # --------------------------------------------------------------------------- steps
 
 
@@ -390,7 +356,7 @@ def explain_alerts(summary: Mapping[str, Any], names: Mapping[str, str], out: Te
         print("   (an incident still open inside its cooldown is updated, not notified again)", file=out)
 
 
-def print_delivered(inbox: AlertInbox, sink: WebhookSink, out: TextIO) -> None:
+def print_delivered(inbox: SnsInbox, sink: WebhookSink, out: TextIO) -> None:
     published = inbox.messages()
     posted = sink.messages()
     print(f"   SNS topic {inbox.topic_arn} -> SQS queue: {len(published)} message(s)", file=out)
@@ -458,7 +424,7 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
         stack.callback(moto_process.stop)
         endpoint = f"http://127.0.0.1:{moto_port}"
         wait_http(f"{endpoint}/moto-api/", START_TIMEOUT_S, ok=(200, 404))
-        inbox = AlertInbox(endpoint)
+        inbox = SnsInbox(endpoint, region=REGION, topic_name=TOPIC_NAME, queue_name=QUEUE_NAME, wait_seconds=1)
         sink = stack.enter_context(WebhookSink())
         print(f"   moto server {endpoint}: topic {inbox.topic_arn}, queue {QUEUE_NAME} subscribed", file=out)
         print(f"   webhook sink {sink.url}", file=out)

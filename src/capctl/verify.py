@@ -16,6 +16,7 @@ from capacity.changes import change_behind, change_line
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
+from capctl.text import plural
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -42,10 +43,6 @@ def _command(s: SlotState) -> str:
     return slot_command(s.restaurant_id, s.date, s.time)
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def _where(s: dict[str, Any], names: dict[str, str]) -> str:
     return f"{names.get(s['restaurantId'], '?')} ({s['restaurantId']}) {s['date']} {s['time']}"
 
@@ -53,14 +50,14 @@ def _where(s: dict[str, Any], names: dict[str, str]) -> str:
 def render(result: dict[str, Any], names: dict[str, str]) -> str:
     over, below = result["overCapacitySlots"], result["belowBookingsSlots"]
     lines = [
-        f"reconciled {_plural(result['slots'], 'slot')} with confirmed bookings: "
+        f"reconciled {plural(result['slots'], 'slot')} with confirmed bookings: "
         f"{len(over)} overbooked, {len(below)} below bookings after a capacity change"
     ]
     for s in over:
         limit = s["acceptedMaxCovers"]
         lines.append(
             f"OVERBOOKED {_where(s, names)}: {s['confirmedCovers']} covers confirmed, accepted under max {limit} "
-            f"({s['confirmedCovers'] - limit} over) in {_plural(s['bookings'], 'booking')} - guard failure"
+            f"({s['confirmedCovers'] - limit} over) in {plural(s['bookings'], 'booking')} - guard failure"
         )
         lines.append(f"  next: {s['command']}")
     for s in below:
@@ -68,7 +65,7 @@ def render(result: dict[str, Any], names: dict[str, str]) -> str:
         why = f"; changed {change_line(change)}" if change else "; no recorded change"
         lines.append(
             f"BELOW BOOKINGS {_where(s, names)}: capacity now {s['maxCovers']}, "
-            f"{s['confirmedCovers']} covers confirmed in {_plural(s['bookings'], 'booking')}{why}"
+            f"{s['confirmedCovers']} covers confirmed in {plural(s['bookings'], 'booking')}{why}"
         )
         lines.append(f"  next: {s['command']}  (move guests or raise the capacity)")
     return "\n".join(lines)

@@ -161,6 +161,7 @@ def own_pooler(pg_server_url: str) -> Iterator[PgBouncer]:
 POOLED_ENV = {
     # behind a transaction pooler (and RDS Proxy) nothing is prepared server-side
     "DB_PREPARE_THRESHOLD": "off",
+    "DB_SESSION_OPTIONS": "off",  # as behind RDS Proxy (once capacity.settings has it; ignored before)
     "BOOKING_BACKOFF_BASE_MS": "1",
     "BOOKING_BACKOFF_CAP_MS": "5",
 }

@@ -716,6 +716,15 @@ def test_problem_type_base_is_one_parameter_for_the_gateway_and_the_function(tem
     assert sub_string(waf["Content"]).startswith('{"type": "${ProblemTypeBase}payload_too_large"')
 
 
+def test_session_options_can_be_turned_off_for_rds_proxy(template):
+    parameter = template["Parameters"]["DatabaseSessionOptions"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("on", ["on", "off"])
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["DB_SESSION_OPTIONS"] == {"Ref": "DatabaseSessionOptions"}
+    for value in parameter["AllowedValues"]:
+        assert DatabaseSettings.from_env({"DB_SESSION_OPTIONS": value}).session_options is (value == "on")
+
+
 def test_runbook_url_is_an_absolute_url_or_nothing(template):
     parameter = template["Parameters"]["RunbookUrl"]
     assert parameter["Default"] == ""

@@ -135,15 +135,12 @@ class Database:
 
     def _connect(self, url: str) -> DictConnection:
         s = self._settings
+        options = session_options(s)
         return psycopg.connect(
-            url,
+            psycopg.conninfo.make_conninfo(url, options=options) if options else url,
             autocommit=True,
             row_factory=dict_row,
             connect_timeout=s.connect_timeout_s,
-            options=(
-                f"-c statement_timeout={s.statement_timeout_ms} -c lock_timeout={s.lock_timeout_ms}"
-                " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC"
-            ),
             application_name="capacity-engine",
             prepare_threshold=s.prepare_threshold,
         )
@@ -158,6 +155,17 @@ class Database:
 
     def close(self) -> None:
         self.discard()
+
+
+def session_options(settings: DatabaseSettings) -> str | None:
+    """The session settings sent as the startup parameter ``options``; None with
+    DB_SESSION_OPTIONS=off (behind RDS Proxy they pin: the login role's defaults apply then)."""
+    if not settings.session_options:
+        return None
+    return (
+        f"-c statement_timeout={settings.statement_timeout_ms} -c lock_timeout={settings.lock_timeout_ms}"
+        " -c idle_in_transaction_session_timeout=10000 -c TimeZone=UTC"
+    )
 
 
 @dataclass(frozen=True)

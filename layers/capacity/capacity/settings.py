@@ -54,6 +54,20 @@ class DatabaseSettings(_Settings):
     # psycopg prepares a statement server-side after this many runs on a connection; "off" never
     # does, which keeps connections through RDS Proxy from being pinned to their backend.
     prepare_threshold: int | None = Field(default=5, ge=0, le=1000, alias="DB_PREPARE_THRESHOLD")
+    # "off": the connection sends no session settings (statement/lock/idle timeouts, TimeZone) as
+    # startup options, which RDS Proxy would pin; the login role's own defaults give them instead
+    # (ALTER ROLE ... SET, docs/capacity/deploy.md).
+    session_options: bool = Field(default=True, alias="DB_SESSION_OPTIONS")
+
+    @field_validator("session_options", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word not in ("on", "off"):
+                raise ValueError("must be on or off")
+            return word == "on"
+        return value
 
     @field_validator("prepare_threshold", mode="before")
     @classmethod

@@ -222,12 +222,15 @@ class AlertChecker:
             if s.below_bookings
         }
         findings = slot_findings(states, by_id, changes)
-        # Every booked slot's figures now, under either slot alert: a resolve notice tells them.
+        # The figures now of every slot an open incident names (a resolve notice tells them), and
+        # of the findings; not of every booked slot, which at 10,000 restaurants is most of a run.
+        open_slots = {(a.key.restaurant_id, a.key.incident) for a in open_alerts if a.key.kind in SLOT_ALERTS}
         observed: dict[IncidentKey, dict[str, Any]] = {
             IncidentKey(s.restaurant_id, kind, slot_key(s.date, s.time)): slot_figures(
                 s, by_id.get(s.restaurant_id, {}).get("timezone", "")
             )
             for s in states
+            if (s.restaurant_id, slot_key(s.date, s.time)) in open_slots
             for kind in SLOT_ALERTS
         }
         observed.update({f.key: f.figures for f in findings})

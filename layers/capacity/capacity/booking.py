@@ -389,7 +389,7 @@ class BookingService:
 
 
 def _event_metadata(request: BookingRequest, caller: Caller, attempts: int) -> dict[str, Any]:
-    """What every event of a request carries (contract section 4) — never guest data."""
+    """What every event of a request carries: restaurantId, date, time, attempts, source — never guest data."""
     metadata: dict[str, Any] = {
         "restaurantId": str(request.restaurant_id),
         "date": request.date.isoformat(),

@@ -12,6 +12,7 @@ from psycopg import errors
 from psycopg.types.json import Jsonb
 
 from capacity.db import DictConnection
+from capacity.outcomes import EventType
 from capacity.rules import Override, RestaurantRules, WeeklyRule
 
 
@@ -355,4 +356,5 @@ def get_booking(conn: DictConnection, booking_id: UUID, tenant: str) -> dict[str
 
 def cancel_booking(conn: DictConnection, booking_id: UUID, tenant: str) -> dict[str, Any] | None:
     """Cancel a confirmed booking; None when there was nothing to cancel (see ``get_booking``)."""
-    return conn.execute(_CANCEL, {"id": booking_id, "tenant": tenant}).fetchone()
+    params = {"id": booking_id, "tenant": tenant, "event_type": EventType.CANCELLED.value}
+    return conn.execute(_CANCEL, params).fetchone()

@@ -114,6 +114,14 @@ _GATEWAY_RESPONSES = {
             "headers": {
                 "Location": {"description": "/bookings/{id}", "schema": {"type": "string"}},
                 "Idempotent-Replayed": _REPLAYED,
+                "Link": {
+                    "description": (
+                        'On a replay: `</bookings/{id}>; rel="current"`. A replay answers the stored 201 '
+                        "unchanged, so its body says `confirmed` even if the booking was cancelled since: "
+                        "GET the linked booking for its state now."
+                    ),
+                    "schema": {"type": "string"},
+                },
             },
         },
         400: _problem_content("Missing Idempotency-Key or malformed JSON"),
@@ -151,7 +159,10 @@ def create_booking(
         raise _invalid("X-Run-Id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     started = time.perf_counter()
     caller = Caller(
-        tenant=tenant_of(app.current_event.request_context.raw_event), idempotency_key=idempotency_key, run_id=run_id
+        tenant=tenant_of(app.current_event.request_context.raw_event),
+        idempotency_key=idempotency_key,
+        run_id=run_id,
+        request_id=_request_id(),
     )
     # Synthetic traffic gets its own environment dimension: a load test against staging shows on
     # its own dashboard lines and never moves the live alarms.

@@ -475,8 +475,11 @@ def api_key_id(api_key: str) -> str:
 Reply = tuple[int, list[tuple[str, str]], bytes]
 
 
-def _problem(code: ProblemCode, detail: str, *, headers: Sequence[tuple[str, str]] = ()) -> Reply:
-    body = problem_body(code, detail)
+def _problem(
+    code: ProblemCode, detail: str, *, request_id: str | None = None, headers: Sequence[tuple[str, str]] = ()
+) -> Reply:
+    """The gateway's own answer, with the request id as ``instance`` as the function's answers have."""
+    body = problem_body(code, detail, instance=request_id)
     return int(body["status"]), [("Content-Type", PROBLEM_CONTENT_TYPE), *headers], json.dumps(body).encode()
 
 
@@ -503,7 +506,9 @@ class Gateway:
             status, headers, body, instance = await self._respond(request, request_id)
         except Exception as exc:  # a bug here must still answer like a gateway, without a traceback
             _log(f"gateway error {type(exc).__name__} in request {request_id}")
-            status, headers, body = _problem(ProblemCode.INTERNAL_ERROR, "The local gateway failed.")
+            status, headers, body = _problem(
+                ProblemCode.INTERNAL_ERROR, "The local gateway failed.", request_id=request_id
+            )
         out = CIMultiDict(headers)
         out[REQUEST_ID_HEADER] = request_id
         if instance is not None:
@@ -520,7 +525,10 @@ class Gateway:
         if self.options.api_keys and not (
             api_key is not None and any(hmac.compare_digest(api_key, k) for k in self.options.api_keys)
         ):
-            return (*_problem(ProblemCode.FORBIDDEN, "A valid x-api-key header is required."), None)
+            return (
+                *_problem(ProblemCode.FORBIDDEN, "A valid x-api-key header is required.", request_id=request_id),
+                None,
+            )
         if self.options.rate is not None and self.options.burst is not None:
             bucket = self.buckets.setdefault(api_key or "", TokenBucket(self.options.rate, self.options.burst))
             wait_s = bucket.take()
@@ -530,6 +538,7 @@ class Gateway:
                     *_problem(
                         ProblemCode.RATE_LIMITED,
                         "The usage plan's request rate was exceeded.",
+                        request_id=request_id,
                         headers=[("Retry-After", retry_after)],
                     ),
                     None,
@@ -538,7 +547,9 @@ class Gateway:
         if body is None:
             return (
                 *_problem(
-                    ProblemCode.PAYLOAD_TOO_LARGE, f"The request body exceeds {self.options.max_body_bytes} bytes."
+                    ProblemCode.PAYLOAD_TOO_LARGE,
+                    f"The request body exceeds {self.options.max_body_bytes} bytes.",
+                    request_id=request_id,
                 ),
                 None,
             )
@@ -566,16 +577,21 @@ class Gateway:
         if dispatch.kind == "stopping":
             return (
                 *_problem(
-                    ProblemCode.SERVICE_UNAVAILABLE, "The local API is stopping.", headers=[("Retry-After", "1")]
+                    ProblemCode.SERVICE_UNAVAILABLE,
+                    "The local API is stopping.",
+                    request_id=request_id,
+                    headers=[("Retry-After", "1")],
                 ),
                 dispatch.instance_id or None,
             )
         if dispatch.kind == "timeout":
             detail = f"The function did not answer within {self.options.timeout_s:g} s."
-            return (*_problem(ProblemCode.GATEWAY_TIMEOUT, detail), dispatch.instance_id)
+            return (*_problem(ProblemCode.GATEWAY_TIMEOUT, detail, request_id=request_id), dispatch.instance_id)
         what = "crashed" if dispatch.kind == "crashed" else "failed"
         return (
-            *_problem(ProblemCode.BAD_GATEWAY, f"The function {what} while handling the request."),
+            *_problem(
+                ProblemCode.BAD_GATEWAY, f"The function {what} while handling the request.", request_id=request_id
+            ),
             dispatch.instance_id,
         )
 

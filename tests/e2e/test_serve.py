@@ -486,3 +486,13 @@ def test_a_host_that_does_not_resolve_is_a_one_line_error(seeded_db: str) -> Non
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "capctl: error: cannot listen on nosuchhost.invalid:0: the host name does not resolve\n"
+
+
+def test_the_gateways_own_answers_name_their_request(serve: Any) -> None:
+    api = serve(instances=1, api_keys=["the-key"])
+    request = urllib.request.Request(f"{api.base_url}/bookings", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    body = json.loads(refused.value.read())
+    assert (refused.value.code, body["code"]) == (403, "forbidden")
+    assert body["instance"] == refused.value.headers["x-amzn-RequestId"]

@@ -160,3 +160,36 @@ class TestWords:
             assert body["type"] == f"https://docs.example.org/problems#{code}"
             assert body["instance"] == f"req-{code}"
             assert list(body)[:6] == ["type", "title", "status", "detail", "instance", "code"]
+
+    def test_a_refusal_names_its_request_and_its_replay_keeps_that_name(self, booking_app):
+        first = post_booking_event(booking_body(partySize=12, time="19:00"), key="full-1")
+        assert invoke(booking_app, first)[0] == 201
+        refused = post_booking_event(booking_body(partySize=12, time="19:00"), key="refused")
+        refused["requestContext"]["requestId"] = "req-refused"
+        status, _, body = invoke(booking_app, refused)
+        assert (status, body["code"], body["instance"]) == (409, "capacity_exceeded", "req-refused")
+        again = post_booking_event(booking_body(partySize=12, time="19:00"), key="refused")
+        again["requestContext"]["requestId"] = "req-again"
+        status, headers, replayed = invoke(booking_app, again)
+        assert (status, headers["Idempotent-Replayed"]) == (409, "true")
+        assert replayed == body  # the stored answer, the original request's id included
+
+    def test_a_slot_that_has_begun_is_said_as_such(self, booking_app):
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date="2020-01-03")))
+        assert (status, body["errors"]) == (
+            422,
+            [{"field": "date", "message": "must not be a slot that has already begun"}],
+        )
+
+    def test_a_replay_of_a_booking_cancelled_since_links_to_its_state_now(self, booking_app):
+        created = invoke(booking_app, post_booking_event(booking_body(), key="later-cancelled"))
+        booking_id = created[2]["booking"]["id"]
+        delete = rest_event("DELETE", f"/bookings/{booking_id}", api_key="tenant-a", api_key_id="id-tenant-a")
+        assert invoke(booking_app, delete)[2]["booking"]["status"] == "cancelled"
+        status, headers, body = invoke(booking_app, post_booking_event(booking_body(), key="later-cancelled"))
+        # the idempotency promise: the stored answer, unchanged ...
+        assert (status, body) == (201, created[2]) and body["booking"]["status"] == "confirmed"
+        # ... and where the booking's state is now
+        assert headers["Link"] == f'</bookings/{booking_id}>; rel="current"'
+        current = rest_event("GET", f"/bookings/{booking_id}", api_key="tenant-a", api_key_id="id-tenant-a")
+        assert invoke(booking_app, current)[2]["booking"]["status"] == "cancelled"

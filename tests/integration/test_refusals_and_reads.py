@@ -66,7 +66,7 @@ class TestRefusedBeforeTheWrite:
 
     def test_party_above_the_restaurants_maximum_names_the_field(self, booking_app):
         _, _, body = invoke(booking_app, post_booking_event(booking_body(partySize=13)))
-        assert body["errors"] == [{"field": "partySize", "message": "must be at most 12 for this restaurant"}]
+        assert body["errors"] == [{"field": "partySize", "message": "must be at most 12"}]
 
     def test_a_body_declared_as_another_media_type_is_415(self, booking_app):
         event = post_booking_event(booking_body())

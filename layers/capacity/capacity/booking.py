@@ -33,6 +33,7 @@ class Caller:
     tenant: str
     idempotency_key: str
     run_id: str | None = None
+    request_id: str | None = None  # the problem's ``instance`` of a refusal (kept by its replays)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class BookingService:
             raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {request.restaurant_id}.")
         rules = restaurant.rules
         if request.party_size > rules.max_party_size:
-            raise _field_error("partySize", f"must be at most {rules.max_party_size} for this restaurant")
+            raise _field_error("partySize", f"must be at most {rules.max_party_size}")
         if not rules.on_grid(slot_time):
             raise ProblemError(
                 ProblemCode.INVALID_SLOT_TIME,
@@ -177,7 +178,7 @@ class BookingService:
             )
         local_now = self._local_now(restaurant)
         if (request.date, slot_time) < (local_now.date(), local_now.time()):
-            raise _field_error("date", "the slot is in the past")
+            raise _field_error("date", "must not be a slot that has already begun")
         _check_horizon(restaurant, request.date, local_now.date())
 
         capacity = rules.capacity(request.date, slot_time)
@@ -264,6 +265,7 @@ class BookingService:
             body = problem_body(
                 ProblemCode.SLOT_CLOSED,
                 f"{request.date.isoformat()} {request.time} is not open for booking.",
+                instance=caller.request_id,
                 alternatives=alternatives,
             )
             reason = "closed"
@@ -272,6 +274,7 @@ class BookingService:
             body = problem_body(
                 ProblemCode.CAPACITY_EXCEEDED,
                 f"{request.date.isoformat()} {request.time} cannot take a party of {request.party_size}.",
+                instance=caller.request_id,
                 requested=request.party_size,
                 remainingCovers=capacity.remaining(booked_now),
                 alternatives=alternatives,
@@ -307,7 +310,11 @@ class BookingService:
     def _replay(self, stored: repo.StoredResponse) -> BookingResult:
         headers = {"Idempotent-Replayed": "true"}
         if stored.status_code == 201:
-            headers["Location"] = f"/bookings/{stored.body['booking']['id']}"
+            # The body is the original answer (the idempotency promise), so it says "confirmed"
+            # even if the booking was cancelled since: the Link says where its state is now.
+            location = f"/bookings/{stored.body['booking']['id']}"
+            headers["Location"] = location
+            headers["Link"] = f'<{location}>; rel="current"'
         return BookingResult(status=stored.status_code, body=stored.body, replayed=True, headers=headers)
 
     def _record_exhaustion(self, request: BookingRequest, caller: Caller, failures: list[str]) -> None:

@@ -9,33 +9,20 @@ are really delivered.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import sql
-
 from capacity.alerts import AlertChecker, AlertRunSummary
 from capacity.db import DictConnection
 from capacity.notifiers import notifiers_from_settings
-from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, RollupSummary, run_rollup
+from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, RollupSummary, hour_totals, run_rollup
 from capacity.settings import AlertSettings, RollupSettings, SettingsError
 from capctl import database
 from capctl.errors import UserError
 from capctl.text import plural
 
 MAX_HOURS = 24 * 31
-
-# The figures of one hour over every restaurant, from either roll-up table (HourTotals' fields).
-_HOUR_TOTALS = """
-SELECT count(*)::int AS restaurants,
-       coalesce(sum(requests), 0)::int AS requests, coalesce(sum(successes), 0)::int AS successes,
-       coalesce(sum(conflicts), 0)::int AS conflicts, coalesce(sum(retry_exhausted), 0)::int AS retry_exhausted,
-       coalesce(sum(covers_booked), 0)::int AS covers_booked,
-       coalesce(sum(capacity_covers), 0)::int AS capacity_covers
-  FROM {table} WHERE hour = %(hour)s
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +44,13 @@ class RollupReport:
         }
 
 
-def hour_totals(conn: DictConnection, table: str, hour: dt.datetime) -> HourTotals:
-    row = conn.execute(sql.SQL(_HOUR_TOTALS).format(table=sql.Identifier(table)), {"hour": hour}).fetchone()
-    assert row is not None
-    return HourTotals(hour=hour, **row)
-
-
 def rollup_report(conn: DictConnection, summary: RollupSummary) -> RollupReport:
     current = summary.window_end - HOUR  # the window ends with the current hour
     return RollupReport(
         summary=summary,
-        current_hour=hour_totals(conn, LIVE_TABLE, current),
-        current_hour_synthetic=hour_totals(conn, SYNTHETIC_TABLE, current),
-        last_hour_synthetic=hour_totals(conn, SYNTHETIC_TABLE, summary.last_hour.hour),
+        current_hour=hour_totals(conn, current, LIVE_TABLE),
+        current_hour_synthetic=hour_totals(conn, current, SYNTHETIC_TABLE),
+        last_hour_synthetic=hour_totals(conn, summary.last_hour.hour, SYNTHETIC_TABLE),
     )
 
 

@@ -111,7 +111,7 @@ SELECT count(*)::int AS restaurants,
        coalesce(sum(conflicts), 0)::int AS conflicts, coalesce(sum(retry_exhausted), 0)::int AS retry_exhausted,
        coalesce(sum(covers_booked), 0)::int AS covers_booked,
        coalesce(sum(capacity_covers), 0)::int AS capacity_covers
-  FROM capacity_metrics_hourly WHERE hour = %(hour)s
+  FROM {table} WHERE hour = %(hour)s
 """
 
 _RESTAURANTS = "SELECT id, timezone FROM restaurants ORDER BY id"
@@ -258,8 +258,10 @@ def _rollup_table(
     return TableResult(rows=row["rows"], changed=row["changed"], removed=row["removed"])
 
 
-def hour_totals(conn: DictConnection, hour: dt.datetime) -> HourTotals:
-    row = conn.execute(_HOUR_TOTALS, {"hour": hour}).fetchone()
+def hour_totals(conn: DictConnection, hour: dt.datetime, table: str = LIVE_TABLE) -> HourTotals:
+    """The figures of one hour over every restaurant, from either roll-up table."""
+    statement = sql.SQL(_HOUR_TOTALS).format(table=sql.Identifier(table))
+    row = conn.execute(statement, {"hour": hour}).fetchone()
     assert row is not None
     return HourTotals(hour=hour, **row)
 

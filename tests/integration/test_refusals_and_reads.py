@@ -14,6 +14,7 @@ import pytest
 
 from capctl.apigw import rest_event
 from tests.support import (
+    BASE_SEED,
     CLOSED_DATE,
     FUTURE,
     FUTURE_DATE,
@@ -274,3 +275,36 @@ class TestObservability:
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]
         assert emf["BookingCapacityExceeded"] == [1.0] and emf["BookingSlotClosed"] == [1.0]
         assert "BookingSuccess" not in emf
+
+
+class TestBookingHorizon:
+    """A restaurant takes bookings up to bookingHorizonDays ahead (default 365)."""
+
+    @staticmethod
+    def ahead(days: int) -> str:
+        today = dt.datetime.now(ZoneInfo("Europe/London")).date()
+        return (today + dt.timedelta(days=days)).isoformat()
+
+    def test_a_date_beyond_the_horizon_is_a_field_error_and_the_last_day_books(self, booking_app, conn):
+        conn.execute("UPDATE restaurants SET booking_horizon_days = 30")
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(date=self.ahead(31)), key="far"))
+        last = self.ahead(30)
+        assert (status, body["code"]) == (422, "validation_error")
+        assert body["errors"] == [
+            {"field": "date", "message": f"must be at most 30 days ahead; the last bookable date is {last}"}
+        ]
+        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
+        assert invoke(booking_app, post_booking_event(booking_body(date=last), key="last"))[0] == 201
+
+    def test_availability_beyond_the_horizon_is_refused_too(self, booking_app, conn):
+        conn.execute("UPDATE restaurants SET booking_horizon_days = 30")
+        query = {"date": self.ahead(31)}
+        status, _, body = invoke(booking_app, get(f"/restaurants/{RESTAURANT_ID}/availability", query=query))
+        assert (status, body["errors"][0]["field"]) == (422, "date")
+
+    def test_the_seed_field_defaults_to_365_days(self, conn, seed):
+        restaurant = {k: v for k, v in BASE_SEED["restaurants"][0].items() if k != "bookingHorizonDays"}
+        seed({"restaurants": [restaurant]})
+        assert conn.execute("SELECT booking_horizon_days FROM restaurants").fetchone() == {"booking_horizon_days": 365}
+        seed({"restaurants": [{**restaurant, "bookingHorizonDays": 90}]})
+        assert conn.execute("SELECT booking_horizon_days FROM restaurants").fetchone() == {"booking_horizon_days": 90}

@@ -53,14 +53,13 @@ from capacity.incidents import (
     slot_key,
 )
 from capacity.notifiers import Channel, DeliveryError, Notice, Notifier
-from capacity.outcomes import EventType
+from capacity.outcomes import RECONCILE_SOURCE, EventType
 from capacity.reconcile import SlotState, slot_states
 from capacity.settings import AlertSettings
 
 RATE_WINDOW = dt.timedelta(hours=1)
 RETRY_HORIZON = dt.timedelta(hours=24)  # an unsent notice older than this is not worth sending
 _ALERTS_LOCK_ID = 7_347_203
-RECONCILE_SOURCE = "reconcile"
 
 
 class DeliveryStatus(StrEnum):

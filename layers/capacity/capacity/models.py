@@ -9,6 +9,8 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints
 
+from capacity.outcomes import DEFAULT_SOURCE
+
 TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 SOURCE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
 PHONE_PATTERN = r"^\+?[0-9][0-9 ()\-]{5,24}$"
@@ -49,7 +51,7 @@ class BookingRequest(_Strict):
     time: Annotated[str, StringConstraints(pattern=TIME_PATTERN)] = Field(description="HH:MM, local to the restaurant")
     party_size: Annotated[int, Field(strict=True, ge=1, le=50)] = Field(alias="partySize")
     guest: Guest
-    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)] = "api"
+    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)] = DEFAULT_SOURCE
     notes: Annotated[str, StringConstraints(max_length=1000), NoNul] | None = None
 
     @property

@@ -25,6 +25,8 @@ class EventType(StrEnum):
 # The source that marks synthetic traffic (load tests): kept apart from live figures and alerts.
 LOAD_TEST_SOURCE = "load-test"
 DEFAULT_SOURCE = "api"
+# The source of the events the reconciliation records (booking.overbook_detected).
+RECONCILE_SOURCE = "reconcile"
 
 # The events that are a request's one outcome (the others ride along with it).
 OUTCOME_EVENTS = frozenset({EventType.SUCCESS, EventType.CAPACITY_EXCEEDED, EventType.RETRY_EXHAUSTED})

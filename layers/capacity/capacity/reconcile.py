@@ -8,14 +8,14 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import Field
 
 from capacity.camel_json import CamelJson, HourMinute
 from capacity.db import DictConnection
-from capacity.rules import Override, RestaurantRules, WeeklyRule
+from capacity.rules import RestaurantRules
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +70,9 @@ SELECT restaurant_id, booking_date, booking_time, sum(party_size)::int AS covers
  ORDER BY restaurant_id, booking_date, booking_time
 """
 
-_RESTAURANTS = "SELECT id, slot_minutes, max_party_size FROM restaurants WHERE id = ANY(%(ids)s::uuid[])"
-_WEEKLY = """SELECT restaurant_id, weekday, start_time, end_time, max_covers FROM weekly_rules
-              WHERE restaurant_id = ANY(%(ids)s::uuid[])"""
-_OVERRIDES = """SELECT restaurant_id, override_date, start_time, end_time, max_covers, reason FROM capacity_overrides
+_RESTAURANTS = "SELECT * FROM restaurants WHERE id = ANY(%(ids)s::uuid[])"
+_WEEKLY = "SELECT * FROM weekly_rules WHERE restaurant_id = ANY(%(ids)s::uuid[])"
+_OVERRIDES = """SELECT * FROM capacity_overrides
                  WHERE restaurant_id = ANY(%(ids)s::uuid[]) AND override_date = ANY(%(dates)s::date[])"""
 
 
@@ -82,21 +81,14 @@ def load_rules(
 ) -> dict[UUID, RestaurantRules]:
     """Rules of the given restaurants, with their overrides on the given dates."""
     ids = list(restaurant_ids)
-    weekly: dict[UUID, list[WeeklyRule]] = defaultdict(list)
-    for r in conn.execute(_WEEKLY, {"ids": ids}):
-        weekly[r["restaurant_id"]].append(WeeklyRule(r["weekday"], r["start_time"], r["end_time"], r["max_covers"]))
-    overrides: dict[UUID, list[Override]] = defaultdict(list)
-    for r in conn.execute(_OVERRIDES, {"ids": ids, "dates": list(dates)}):
-        overrides[r["restaurant_id"]].append(
-            Override(r["override_date"], r["max_covers"], r["start_time"], r["end_time"], r["reason"])
-        )
+    weekly: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
+    for w in conn.execute(_WEEKLY, {"ids": ids}):
+        weekly[w["restaurant_id"]].append(w)
+    overrides: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
+    for o in conn.execute(_OVERRIDES, {"ids": ids, "dates": list(dates)}):
+        overrides[o["restaurant_id"]].append(o)
     return {
-        r["id"]: RestaurantRules(
-            slot_minutes=r["slot_minutes"],
-            max_party_size=r["max_party_size"],
-            weekly=tuple(weekly[r["id"]]),
-            overrides=tuple(overrides[r["id"]]),
-        )
+        r["id"]: RestaurantRules.from_rows(r, weekly[r["id"]], overrides[r["id"]])
         for r in conn.execute(_RESTAURANTS, {"ids": ids})
     }
 

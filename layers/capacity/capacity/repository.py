@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from capacity.db import DictConnection
 from capacity.outcomes import EventType
-from capacity.rules import Override, RestaurantRules, WeeklyRule
+from capacity.rules import RestaurantRules
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +71,12 @@ class DuplicateKey(Exception):
 
 
 # The rules of one date: weekly rules of its ISO weekday and its overrides, as JSON arrays.
+# The rules of one date, as rows of their tables (to_jsonb: every column, by its name), for
+# ``RestaurantRules.from_rows``: weekly rules of the date's ISO weekday and its overrides.
 _RULES_OF_DATE = """
-    (SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'weekday', w.weekday, 'start', w.start_time, 'end', w.end_time, 'maxCovers', w.max_covers)), '[]')
+    (SELECT coalesce(jsonb_agg(to_jsonb(w)), '[]')
        FROM weekly_rules w WHERE w.restaurant_id = r.id AND w.weekday = extract(isodow FROM %(date)s::date)) AS weekly,
-    (SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'date', o.override_date, 'start', o.start_time, 'end', o.end_time, 'maxCovers', o.max_covers,
-        'reason', o.reason)), '[]')
+    (SELECT coalesce(jsonb_agg(to_jsonb(o)), '[]')
        FROM capacity_overrides o WHERE o.restaurant_id = r.id AND o.override_date = %(date)s::date) AS overrides
 """
 
@@ -206,20 +205,7 @@ def _time(value: str) -> dt.time:
 
 
 def _restaurant(row: dict[str, Any]) -> Restaurant:
-    weekly = tuple(WeeklyRule(w["weekday"], _time(w["start"]), _time(w["end"]), w["maxCovers"]) for w in row["weekly"])
-    overrides = tuple(
-        Override(
-            date=dt.date.fromisoformat(o["date"]),
-            max_covers=o["maxCovers"],
-            start=_time(o["start"]) if o["start"] else None,
-            end=_time(o["end"]) if o["end"] else None,
-            reason=o["reason"],
-        )
-        for o in row["overrides"]
-    )
-    rules = RestaurantRules(
-        slot_minutes=row["slot_minutes"], max_party_size=row["max_party_size"], weekly=weekly, overrides=overrides
-    )
+    rules = RestaurantRules.from_rows(row, row["weekly"], row["overrides"])
     return Restaurant(
         id=row["id"], timezone=row["timezone"], rules=rules, booking_horizon_days=row["booking_horizon_days"]
     )

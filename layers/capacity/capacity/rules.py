@@ -13,8 +13,9 @@ room than one of its rules grants.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_ALTERNATIVES = 5
 MINUTES_PER_DAY = 24 * 60
@@ -96,6 +97,36 @@ class RestaurantRules:
     weekly: Sequence[WeeklyRule] = field(default_factory=tuple)
     overrides: Sequence[Override] = field(default_factory=tuple)
 
+    @classmethod
+    def from_rows(
+        cls,
+        restaurant: Mapping[str, Any],
+        weekly: Iterable[Mapping[str, Any]],
+        overrides: Iterable[Mapping[str, Any]],
+    ) -> RestaurantRules:
+        """The one mapper from stored rules to ``RestaurantRules``: rows of ``restaurants``,
+        ``weekly_rules`` and ``capacity_overrides`` by their column names, as psycopg returns them
+        or as ``to_jsonb`` aggregates them (times and dates then as ISO text). The booking path
+        and the reconciliation both read rules through it, so they never disagree."""
+        return cls(
+            slot_minutes=restaurant["slot_minutes"],
+            max_party_size=restaurant["max_party_size"],
+            weekly=tuple(
+                WeeklyRule(w["weekday"], _clock(w["start_time"]), _clock(w["end_time"]), w["max_covers"])
+                for w in weekly
+            ),
+            overrides=tuple(
+                Override(
+                    date=_day(o["override_date"]),
+                    max_covers=o["max_covers"],
+                    start=_clock(o["start_time"]) if o["start_time"] is not None else None,
+                    end=_clock(o["end_time"]) if o["end_time"] is not None else None,
+                    reason=o["reason"],
+                )
+                for o in overrides
+            ),
+        )
+
     def on_grid(self, time: dt.time) -> bool:
         return time.second == 0 and time.microsecond == 0 and _minutes(time) % self.slot_minutes == 0
 
@@ -145,6 +176,14 @@ class RestaurantRules:
         ]
         fitting.sort(key=lambda a: (abs(_minutes(a.time) - target), _minutes(a.time)))
         return fitting[:limit]
+
+
+def _clock(value: dt.time | str) -> dt.time:
+    return value if isinstance(value, dt.time) else dt.time.fromisoformat(value)
+
+
+def _day(value: dt.date | str) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
 
 
 def _minutes(time: dt.time) -> int:

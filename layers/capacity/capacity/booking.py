@@ -20,12 +20,17 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from capacity import repository as repo
-from capacity.db import Backoff, Database, DatabaseUnavailable, DictConnection, is_transient
+from capacity.db import Backoff, Database, DatabaseUnavailable, DictConnection, RetriesExhausted, RetryPolicy
 from capacity.idempotency import fingerprint
 from capacity.models import BookingRequest
 from capacity.outcomes import EventType, ProblemCode, ProblemError, problem_body
 from capacity.rules import Alternative, Capacity
 from capacity.settings import BookingSettings
+
+# A key that keeps colliding (committed by another request between this one's read and write)
+# is re-read this many times before the answer is 409 idempotency_in_progress.
+MAX_KEY_COLLISIONS = 3
+_READ_POLICY = RetryPolicy(max_attempts=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,37 +115,36 @@ class BookingService:
 
     def book(self, request: BookingRequest, caller: Caller) -> BookingResult:
         fp = fingerprint(request)
-        deadline = self._monotonic() + self.settings.request_budget_ms / 1000
         failures: list[str] = []  # SQLSTATE (or "connection") of each transient failure
-        duplicates = 0
-        while True:
-            attempt = len(failures) + 1
+        policy = RetryPolicy(
+            max_attempts=self.settings.max_attempts,
+            backoff=self._backoff,
+            budget_s=self.settings.request_budget_ms / 1000,
+            sleep=self._sleep,
+            monotonic=self._monotonic,
+        )
+        started = self._monotonic()  # the time budget is the request's, whatever it re-reads
+
+        def attempt() -> BookingResult:
+            return self._attempt(request, caller, fp, len(failures) + 1, failures)
+
+        for _ in range(MAX_KEY_COLLISIONS):
             try:
-                return self._attempt(request, caller, fp, attempt, failures)
+                return policy.run(self.db, attempt, failures, since=started)
             except repo.DuplicateKey:
                 # A concurrent request with this key committed first (if it was in flight, this
                 # request's write waited for it on the key's index entry): the next read replays it.
-                duplicates += 1
-                if duplicates > 2:
-                    raise self._in_flight() from None
+                continue
             except DatabaseUnavailable:
-                self.db.discard()
                 raise self._unavailable() from None
-            except psycopg.Error as exc:
-                if not is_transient(exc):
-                    raise
-                if isinstance(exc, psycopg.OperationalError):  # the connection may be gone
-                    self.db.discard()
-                failures.append(getattr(exc, "sqlstate", None) or "connection")
-                delay = self._backoff.delay_s(len(failures))
-                if len(failures) >= self.settings.max_attempts or self._monotonic() + delay >= deadline:
-                    self._record_exhaustion(request, caller, failures)
-                    raise RetryExhausted(
-                        f"The booking could not be completed after {len(failures)} attempts; retry shortly.",
-                        attempts=len(failures),
-                        retry_after=self.settings.retry_after_s,
-                    ) from None
-                self._sleep(delay)
+            except RetriesExhausted:
+                self._record_exhaustion(request, caller, failures)
+                raise RetryExhausted(
+                    f"The booking could not be completed after {len(failures)} attempts; retry shortly.",
+                    attempts=len(failures),
+                    retry_after=self.settings.retry_after_s,
+                ) from None
+        raise self._in_flight()
 
     def _attempt(
         self, request: BookingRequest, caller: Caller, fp: str, attempt: int, failures: list[str]
@@ -346,18 +350,14 @@ class BookingService:
     # -- reads and cancel -------------------------------------------------------------------
 
     def _read(self, fn: Callable[[DictConnection], Any]) -> Any:
-        """Reads and the cancel retry once on a lost connection; they are safe to repeat."""
-        for attempt in (1, 2):
-            try:
-                return fn(self.db.connection())
-            except DatabaseUnavailable:
-                self.db.discard()
-                raise self._unavailable() from None
-            except psycopg.Error as exc:
-                self.db.discard()
-                if attempt == 2 or not is_transient(exc):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Reads and the cancel: safe to repeat, so a lost connection is retried once, at once."""
+        try:
+            return _READ_POLICY.run(self.db, lambda: fn(self.db.connection()))
+        except DatabaseUnavailable:
+            raise self._unavailable() from None
+        except RetriesExhausted as exc:
+            assert exc.__cause__ is not None
+            raise exc.__cause__ from None
 
     def availability(self, restaurant_id: UUID, date: dt.date) -> dict[str, Any]:
         day = self._read(lambda conn: repo.load_day(conn, restaurant_id, date))

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from capacity.settings import DatabaseSettings
 
 DictConnection = psycopg.Connection[dict[str, Any]]
+T = TypeVar("T")
 
 
 class DatabaseUnavailable(Exception):
@@ -179,6 +180,58 @@ class Backoff:
     def delay_s(self, attempt: int) -> float:
         ceiling = min(self.cap_ms, self.base_ms * (2 ** max(attempt - 1, 0)))
         return self.rand(0, ceiling) / 1000.0
+
+
+class RetriesExhausted(Exception):
+    """Every attempt the policy allowed failed transiently; ``failures`` holds their SQLSTATEs."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__(f"{len(failures)} transient failures")
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one retry policy of the functions' database work: a transient failure (see
+    ``is_transient``) repeats the whole unit, after ``backoff`` (at once without one), until
+    ``max_attempts`` or the time ``budget_s`` would be exceeded. The unit must be safe to repeat:
+    the booking write is idempotent by its key, reads and the cancel are idempotent."""
+
+    max_attempts: int
+    backoff: Backoff | None = None
+    budget_s: float | None = None
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+    def run(
+        self, db: Database, unit: Callable[[], T], failures: list[str] | None = None, *, since: float | None = None
+    ) -> T:
+        """``unit()`` under the policy. Each transient failure's SQLSTATE ("connection" for a lost
+        connection) is appended to ``failures``; a connection an error may have broken is
+        discarded. The time budget runs from ``since`` (a ``monotonic`` reading; default now), so
+        repeated runs for one request share it. Raises ``RetriesExhausted``,
+        ``DatabaseUnavailable`` or the first non-transient error."""
+        failures = [] if failures is None else failures
+        start = self.monotonic() if since is None else since
+        deadline = None if self.budget_s is None else start + self.budget_s
+        while True:
+            try:
+                return unit()
+            except DatabaseUnavailable:
+                db.discard()
+                raise
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or not is_transient(exc):
+                    db.discard()  # the connection may be gone, or in a state worth not reusing
+                if not is_transient(exc):
+                    raise
+                failures.append(getattr(exc, "sqlstate", None) or "connection")
+                delay = self.backoff.delay_s(len(failures)) if self.backoff else 0.0
+                out_of_time = deadline is not None and self.monotonic() + delay >= deadline
+                if len(failures) >= self.max_attempts or out_of_time:
+                    raise RetriesExhausted(failures) from exc
+                if delay:
+                    self.sleep(delay)
 
 
 def error_fields(exc: BaseException) -> dict[str, str | None]:

@@ -41,6 +41,25 @@ class Caller:
     request_id: str | None = None  # the problem's ``instance`` of a refusal (kept by its replays)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One try at a booking request: what every step of it needs to know."""
+
+    request: BookingRequest
+    caller: Caller
+    fingerprint: str
+    number: int  # 1 for the first try; transient failures before it are ``failures``
+    failures: tuple[str, ...]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return _event_metadata(self.request, self.caller, self.number)
+
+    @property
+    def conflict_events(self) -> list[repo.Event]:
+        return _conflict_events(self.metadata, list(self.failures))
+
+
 @dataclass
 class BookingResult:
     """The answer to one booking request, and what the handler needs to report it."""
@@ -147,57 +166,104 @@ class BookingService:
         raise self._in_flight()
 
     def _attempt(
-        self, request: BookingRequest, caller: Caller, fp: str, attempt: int, failures: list[str]
+        self, request: BookingRequest, caller: Caller, fp: str, number: int, failures: list[str]
     ) -> BookingResult:
+        """One try of the contract's table of outcomes: replay, refuse before the write (404,
+        422), refuse a closed slot (409), or the guarded write (201, or 409 when full)."""
+        attempt = _Attempt(request, caller, fp, number, tuple(failures))
         conn = self.db.connection()
-        slot_time = request.slot_time
         ctx = repo.load_booking_context(
             conn,
             tenant=caller.tenant,
             key=caller.idempotency_key,
             restaurant_id=request.restaurant_id,
             date=request.date,
-            time=slot_time,
+            time=request.slot_time,
         )
         if ctx.stored is not None:
-            if ctx.stored.expired:
-                repo.delete_expired_key(conn, tenant=caller.tenant, key=caller.idempotency_key)
-            elif ctx.stored.fingerprint != fp:
-                raise ProblemError(
-                    ProblemCode.IDEMPOTENCY_KEY_REUSED,
-                    "This Idempotency-Key was already used with a different request body.",
-                )
-            else:
-                return self._replay(ctx.stored)
-        restaurant = ctx.restaurant
+            replay = self._stored_answer(conn, attempt, ctx.stored)
+            if replay is not None:
+                return replay
+        restaurant = self._bookable(request, ctx.restaurant)
+        capacity = restaurant.rules.capacity(request.date, request.slot_time)
+        if capacity.closed:
+            return self._refuse(attempt, restaurant, capacity, lost_race=False)
+        return self._write(conn, attempt, restaurant, capacity, ctx.booked_covers)
+
+    def _stored_answer(
+        self, conn: DictConnection, attempt: _Attempt, stored: repo.StoredResponse
+    ) -> BookingResult | None:
+        """The stored answer of this key replayed; None when the key is free (its record expired)."""
+        if stored.expired:
+            repo.delete_expired_key(conn, tenant=attempt.caller.tenant, key=attempt.caller.idempotency_key)
+            return None
+        if stored.fingerprint != attempt.fingerprint:
+            raise ProblemError(
+                ProblemCode.IDEMPOTENCY_KEY_REUSED,
+                "This Idempotency-Key was already used with a different request body.",
+            )
+        return self._replay(stored)
+
+    def _bookable(self, request: BookingRequest, restaurant: repo.Restaurant | None) -> repo.Restaurant:
+        """The refusals before a booking is attempted: unknown restaurant, party, grid, time."""
         if restaurant is None:
             raise ProblemError(ProblemCode.RESTAURANT_NOT_FOUND, f"No restaurant {request.restaurant_id}.")
         rules = restaurant.rules
         if request.party_size > rules.max_party_size:
             raise _field_error("partySize", f"must be at most {rules.max_party_size}")
-        if not rules.on_grid(slot_time):
+        if not rules.on_grid(request.slot_time):
             raise ProblemError(
                 ProblemCode.INVALID_SLOT_TIME,
                 f"{request.time} is not on this restaurant's {rules.slot_minutes}-minute slot grid.",
             )
         local_now = self._local_now(restaurant)
-        if (request.date, slot_time) < (local_now.date(), local_now.time()):
+        if (request.date, request.slot_time) < (local_now.date(), local_now.time()):
             raise _field_error("date", "must not be a slot that has already begun")
         _check_horizon(restaurant, request.date, local_now.date())
+        return restaurant
 
-        capacity = rules.capacity(request.date, slot_time)
-        metadata = _event_metadata(request, caller, attempt)
-        conflict_events = _conflict_events(metadata, failures)
-        if capacity.closed:
-            return self._refuse(request, caller, fp, restaurant, capacity, metadata, conflict_events, False)
+    def _write(
+        self,
+        conn: DictConnection,
+        attempt: _Attempt,
+        restaurant: repo.Restaurant,
+        capacity: Capacity,
+        booked_covers: int,
+    ) -> BookingResult:
+        """The guarded write: 201, or the refusal when the slot had no room for the party."""
+        new = self._new_booking(attempt)
+        success = repo.Event(EventType.SUCCESS, {**attempt.metadata, "bookingId": str(new.id)})
+        body = repo.book(
+            conn,
+            new,
+            max_covers=capacity.max_covers,
+            fingerprint=attempt.fingerprint,
+            response_booking=booking_view(new.as_row()),
+            events=[*attempt.conflict_events, success],
+            ttl_hours=self.settings.idempotency_ttl_hours,
+        )
+        if body is None:
+            # The guard refused. If our own read had seen room, a concurrent booking won the race.
+            lost_race = capacity.fits(booked_covers, attempt.request.party_size)
+            return self._refuse(attempt, restaurant, capacity, lost_race=lost_race)
+        return BookingResult(
+            status=201,
+            body=body,
+            outcome=EventType.SUCCESS,
+            attempts=attempt.number,
+            conflicts=len(attempt.failures),
+            utilization=_utilization(body["capacity"]["bookedCovers"], capacity.max_covers),
+            headers={"Location": f"/bookings/{new.id}"},
+        )
 
+    def _new_booking(self, attempt: _Attempt) -> repo.NewBooking:
+        request, caller = attempt.request, attempt.caller
         now = self._now()
-        created_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        new = repo.NewBooking(
+        return repo.NewBooking(
             id=uuid.uuid4(),
             restaurant_id=request.restaurant_id,
             date=request.date,
-            time=slot_time,
+            time=request.slot_time,
             party_size=request.party_size,
             source=request.source,
             tenant=caller.tenant,
@@ -207,91 +273,30 @@ class BookingService:
             guest_email=request.guest.email,
             guest_phone=request.guest.phone,
             notes=request.notes,
-            created_at=created_at,
-        )
-        view = booking_view(
-            {
-                "id": new.id,
-                "restaurant_id": new.restaurant_id,
-                "booking_date": new.date,
-                "booking_time": new.time,
-                "party_size": new.party_size,
-                "status": "confirmed",
-                "source": new.source,
-                "created_at": created_at,
-            }
-        )
-        body = repo.book(
-            conn,
-            new,
-            max_covers=capacity.max_covers,
-            fingerprint=fp,
-            response_booking=view,
-            events=[*conflict_events, repo.Event(EventType.SUCCESS, {**metadata, "bookingId": str(new.id)})],
-            ttl_hours=self.settings.idempotency_ttl_hours,
-        )
-        if body is None:
-            # The guard refused. If our own read had seen room, a concurrent booking won the race.
-            lost_race = capacity.fits(ctx.booked_covers, request.party_size)
-            return self._refuse(request, caller, fp, restaurant, capacity, metadata, conflict_events, lost_race)
-        booked = body["capacity"]["bookedCovers"]
-        return BookingResult(
-            status=201,
-            body=body,
-            outcome=EventType.SUCCESS,
-            attempts=attempt,
-            conflicts=len(failures),
-            utilization=_utilization(booked, capacity.max_covers),
-            headers={"Location": f"/bookings/{new.id}"},
+            created_at=now.replace(microsecond=now.microsecond // 1000 * 1000),  # as the answer shows it
         )
 
     def _refuse(
-        self,
-        request: BookingRequest,
-        caller: Caller,
-        fp: str,
-        restaurant: repo.Restaurant,
-        capacity: Capacity,
-        metadata: dict[str, Any],
-        conflict_events: list[repo.Event],
-        lost_race: bool,
+        self, attempt: _Attempt, restaurant: repo.Restaurant, capacity: Capacity, *, lost_race: bool
     ) -> BookingResult:
+        """409 slot_closed or capacity_exceeded with alternatives, stored under the key with its
+        events (and booking.overbook_prevented when the request lost a race for the last covers)."""
+        request = attempt.request
         conn = self.db.connection()
         usage = repo.usage_of_date(conn, request.restaurant_id, request.date)
-        slot_time = request.slot_time
-        local_now = self._local_now(restaurant)
-        not_before = local_now.time() if request.date == local_now.date() else None
-        alternatives = _alternatives(
-            request.date,
-            restaurant.rules.alternatives(request.date, slot_time, request.party_size, usage, not_before=not_before),
-        )
-        if capacity.closed:
-            body = problem_body(
-                ProblemCode.SLOT_CLOSED,
-                f"{request.date.isoformat()} {request.time} is not open for booking.",
-                instance=caller.request_id,
-                alternatives=alternatives,
-            )
-            reason = "closed"
-        else:
-            booked_now = usage.get(slot_time, 0)
-            body = problem_body(
-                ProblemCode.CAPACITY_EXCEEDED,
-                f"{request.date.isoformat()} {request.time} cannot take a party of {request.party_size}.",
-                instance=caller.request_id,
-                requested=request.party_size,
-                remainingCovers=capacity.remaining(booked_now),
-                alternatives=alternatives,
-            )
-            reason = "full"
-        events = [*conflict_events, repo.Event(EventType.CAPACITY_EXCEEDED, {**metadata, "reason": reason})]
+        body = self._refusal_body(attempt, restaurant, capacity, usage)
+        reason = "closed" if capacity.closed else "full"
+        events = [
+            *attempt.conflict_events,
+            repo.Event(EventType.CAPACITY_EXCEEDED, {**attempt.metadata, "reason": reason}),
+        ]
         if lost_race:
-            events.append(repo.Event(EventType.OVERBOOK_PREVENTED, dict(metadata)))
+            events.append(repo.Event(EventType.OVERBOOK_PREVENTED, dict(attempt.metadata)))
         stored = repo.refuse(
             conn,
-            tenant=caller.tenant,
-            key=caller.idempotency_key,
-            fingerprint=fp,
+            tenant=attempt.caller.tenant,
+            key=attempt.caller.idempotency_key,
+            fingerprint=attempt.fingerprint,
             restaurant_id=request.restaurant_id,
             status_code=409,
             response=body,
@@ -302,9 +307,38 @@ class BookingService:
             status=409,
             body=stored,
             outcome=EventType.CAPACITY_EXCEEDED,
-            attempts=int(metadata["attempts"]),
-            conflicts=len(conflict_events),
+            attempts=attempt.number,
+            conflicts=len(attempt.failures),
             overbook_prevented=lost_race,
+        )
+
+    def _refusal_body(
+        self, attempt: _Attempt, restaurant: repo.Restaurant, capacity: Capacity, usage: dict[dt.time, int]
+    ) -> dict[str, Any]:
+        request = attempt.request
+        local_now = self._local_now(restaurant)
+        not_before = local_now.time() if request.date == local_now.date() else None
+        alternatives = _alternatives(
+            request.date,
+            restaurant.rules.alternatives(
+                request.date, request.slot_time, request.party_size, usage, not_before=not_before
+            ),
+        )
+        slot = f"{request.date.isoformat()} {request.time}"
+        if capacity.closed:
+            return problem_body(
+                ProblemCode.SLOT_CLOSED,
+                f"{slot} is not open for booking.",
+                instance=attempt.caller.request_id,
+                alternatives=alternatives,
+            )
+        return problem_body(
+            ProblemCode.CAPACITY_EXCEEDED,
+            f"{slot} cannot take a party of {request.party_size}.",
+            instance=attempt.caller.request_id,
+            requested=request.party_size,
+            remainingCovers=capacity.remaining(usage.get(request.slot_time, 0)),
+            alternatives=alternatives,
         )
 
     def _local_now(self, restaurant: repo.Restaurant) -> dt.datetime:

@@ -64,6 +64,19 @@ class NewBooking:
     notes: str | None
     created_at: dt.datetime
 
+    def as_row(self) -> dict[str, Any]:
+        """The ``bookings`` row this booking becomes (the columns a booking's view is read from)."""
+        return {
+            "id": self.id,
+            "restaurant_id": self.restaurant_id,
+            "booking_date": self.date,
+            "booking_time": self.time,
+            "party_size": self.party_size,
+            "status": "confirmed",
+            "source": self.source,
+            "created_at": self.created_at,
+        }
+
 
 class DuplicateKey(Exception):
     """Another request with the same (tenant, Idempotency-Key) committed first (perhaps while

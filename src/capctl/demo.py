@@ -27,7 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -35,7 +34,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +47,7 @@ from capctl import faults as fault_injection
 from capctl import load as load_test
 from capctl import report as reports
 from capctl.errors import UserError
+from capctl.serve import LocalApi
 from capctl.sns_inbox import SnsInbox
 from capctl.webhook_sink import WebhookSink
 
@@ -59,7 +58,6 @@ QUEUE_NAME = "capacity-alerts-demo-inbox"
 INSTANCES = 4
 # The usage plan of the demo key: well above the ~120 requests/s the scenario peaks at.
 RATE, BURST = 400, 800
-READY_LINE = re.compile(r"^serving \S+ on (?P<url>http://\S+) with \d+ instances?$")
 START_TIMEOUT_S = 90.0
 # Alert settings of the demo, unless the environment sets them. A lost race needs two requests
 # between one's read and its one-statement write, so even 10x demand on a few slots loses well
@@ -130,7 +128,8 @@ def free_port() -> int:
 
 
 class Process:
-    """A child in its own process group, stopped (SIGTERM, then SIGKILL) with everything it forked."""
+    """The moto server: a child in its own process group, stopped (SIGTERM, then SIGKILL) with
+    everything it forked. (`capctl serve` is run by `capctl.serve.LocalApi`, as the tests run it.)"""
 
     def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
@@ -144,30 +143,6 @@ class Process:
             env=dict(env),
             start_new_session=True,
         )
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
-        """The first stdout line matching ``pattern``; the rest of stdout goes to the log."""
-        found: list[re.Match[str]] = []
-        ready = threading.Event()
-        assert self.process.stdout is not None
-        stdout = self.process.stdout
-
-        def read() -> None:
-            for line in stdout:
-                m = pattern.match(line.strip())
-                if m and not found:
-                    found.append(m)
-                    ready.set()
-                else:
-                    self._log.write(line)
-            ready.set()
-
-        threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True).start()
-        ready.wait(timeout_s)
-        if not found:
-            self.stop()
-            raise UserError(f"{self.name} did not start within {timeout_s:.0f} s: see {self.log_path}")
-        return found[0]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -431,18 +406,22 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
 
         _step(out, f"3/6 local API: capctl serve, {INSTANCES} instances, usage plan {RATE}/s burst {BURST}")
         api_key = "demo-" + secrets.token_hex(12)
-        serve = Process(
-            "capctl serve",
-            [
-                sys.executable, "-m", "capctl.cli", "serve", "--port", "0", "--instances", str(INSTANCES),
-                "--api-key", api_key, "--rate", str(RATE), "--burst", str(BURST),
-            ],
-            base_env,
-            logs / "serve.log",
-        )  # fmt: skip
+        serve = LocalApi(
+            instances=INSTANCES,
+            api_keys=[api_key],
+            rate=RATE,
+            burst=BURST,
+            env=base_env,
+            log_path=logs / "serve.log",
+            startup_timeout_s=START_TIMEOUT_S,
+        )
         stack.callback(serve.stop)
-        base_url = serve.wait_for_line(READY_LINE, START_TIMEOUT_S)["url"]
+        try:
+            base_url = serve.start()
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from None
         wait_http(f"{base_url}/__health", START_TIMEOUT_S)
+        assert serve.log_path is not None
         print(f"   {base_url} (access log and the functions' logs: {serve.log_path.resolve()})", file=out)
 
         _step(out, "4/6 load test" + (f" with faults: {', '.join(faults)}" if faults else ""))

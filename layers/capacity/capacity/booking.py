@@ -22,7 +22,16 @@ import psycopg
 from capacity import repository as repo
 from capacity.db import Backoff, Database, DatabaseUnavailable, DictConnection, RetriesExhausted, RetryPolicy
 from capacity.idempotency import fingerprint
-from capacity.models import BookingRequest
+from capacity.models import (
+    AlternativeSlot,
+    Availability,
+    BookingCreated,
+    BookingEnvelope,
+    BookingRequest,
+    BookingView,
+    SlotAvailability,
+    format_time,
+)
 from capacity.outcomes import EventType, ProblemCode, ProblemError, problem_body
 from capacity.rules import Alternative, Capacity
 from capacity.settings import BookingSettings
@@ -83,31 +92,21 @@ class RetryExhausted(ProblemError):
         self.attempts = attempts
 
 
-def format_time(value: dt.time) -> str:
-    return value.strftime("%H:%M")
-
-
-def format_timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def booking_view(row: dict[str, Any]) -> dict[str, Any]:
+def booking_view(row: dict[str, Any]) -> BookingView:
     """The public shape of a booking, from a ``bookings`` row."""
-    return {
-        "id": str(row["id"]),
-        "restaurantId": str(row["restaurant_id"]),
-        "date": row["booking_date"].isoformat(),
-        "time": format_time(row["booking_time"]),
-        "partySize": row["party_size"],
-        "status": row["status"],
-        "source": row["source"],
-        "createdAt": format_timestamp(row["created_at"]),
-    }
+    return BookingView.from_row(row)
+
+
+def _created(stored: dict[str, Any]) -> dict[str, Any]:
+    """A 201's body, from the answer stored under the key (its ``capacity`` is counted by the
+    guarded write itself), held against ``BookingCreated``: the first answer and every replay pass
+    the same model, so they are the same bytes, and a body the model refuses is never sent."""
+    return BookingCreated.model_validate(stored).body()
 
 
 def _alternatives(date: dt.date, alternatives: list[Alternative]) -> list[dict[str, Any]]:
     return [
-        {"date": date.isoformat(), "time": format_time(a.time), "remainingCovers": a.remaining_covers}
+        AlternativeSlot(date=date, time=format_time(a.time), remaining_covers=a.remaining_covers).body()
         for a in alternatives
     ]
 
@@ -238,7 +237,7 @@ class BookingService:
             new,
             max_covers=capacity.max_covers,
             fingerprint=attempt.fingerprint,
-            response_booking=booking_view(new.as_row()),
+            response_booking=booking_view(new.as_row()).body(),
             events=[*attempt.conflict_events, success],
             ttl_hours=self.settings.idempotency_ttl_hours,
         )
@@ -248,7 +247,7 @@ class BookingService:
             return self._refuse(attempt, restaurant, capacity, lost_race=lost_race)
         return BookingResult(
             status=201,
-            body=body,
+            body=_created(body),
             outcome=EventType.SUCCESS,
             attempts=attempt.number,
             conflicts=len(attempt.failures),
@@ -353,7 +352,8 @@ class BookingService:
             location = f"/bookings/{stored.body['booking']['id']}"
             headers["Location"] = location
             headers["Link"] = f'<{location}>; rel="current"'
-        return BookingResult(status=stored.status_code, body=stored.body, replayed=True, headers=headers)
+        body = _created(stored.body) if stored.status_code == 201 else stored.body
+        return BookingResult(status=stored.status_code, body=body, replayed=True, headers=headers)
 
     def _record_exhaustion(self, request: BookingRequest, caller: Caller, failures: list[str]) -> None:
         """Best effort: the database may be what failed. Nothing is stored under the key (5xx)."""
@@ -406,27 +406,29 @@ class BookingService:
                 continue  # begun: a booking of it would be refused
             booked = usage.get(slot_time, 0)
             slots.append(
-                {
-                    "time": format_time(slot_time),
-                    "maxCovers": capacity.max_covers,
-                    "bookedCovers": booked,
-                    "remainingCovers": capacity.remaining(booked),
-                }
+                SlotAvailability(
+                    time=format_time(slot_time),
+                    max_covers=capacity.max_covers,
+                    booked_covers=booked,
+                    remaining_covers=capacity.remaining(booked),
+                )
             )
-        return {"restaurantId": str(restaurant_id), "date": date.isoformat(), "slots": slots}
+        return Availability(restaurant_id=restaurant_id, date=date, slots=slots).body()
 
     def get(self, booking_id: UUID, tenant: str) -> dict[str, Any]:
+        """The booking's body (``BookingEnvelope``)."""
         row = self._read(lambda conn: repo.get_booking(conn, booking_id, tenant))
         if row is None:
             raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {booking_id}.")
-        return {"booking": booking_view(row)}
+        return BookingEnvelope(booking=booking_view(row)).body()
 
     def cancel(self, booking_id: UUID, tenant: str) -> dict[str, Any]:
+        """The cancelled booking's body (``BookingEnvelope``)."""
         row = self._read(lambda conn: repo.cancel_booking(conn, booking_id, tenant))
         if row is None:
             # Already cancelled (a no-op that answers the same) or not this tenant's.
             return self.get(booking_id, tenant)
-        return {"booking": booking_view(row)}
+        return BookingEnvelope(booking=booking_view(row)).body()
 
 
 def _event_metadata(request: BookingRequest, caller: Caller, attempts: int) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The API's request and response models (pydantic 2). The OpenAPI document is generated from these."""
+"""The API's request and response models (pydantic 2): the contract. The OpenAPI document is
+generated from these, and every success body is built through them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints
@@ -59,13 +61,24 @@ class BookingRequest(_Strict):
         return dt.time.fromisoformat(self.time)
 
 
-class CapacityView(BaseModel):
+class _Response(BaseModel):
+    """A success body of the API: the one way a body is built (from rows or a stored answer), so
+    what is sent is what docs/openapi.json says. Extra members are refused, not passed through."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: members by their API names, values as JSON types."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class CapacityView(_Response):
     max_covers: int | None = Field(alias="maxCovers")
     booked_covers: int = Field(alias="bookedCovers")
     remaining_covers: int | None = Field(alias="remainingCovers")
 
 
-class BookingView(BaseModel):
+class BookingView(_Response):
     id: UUID
     restaurant_id: UUID = Field(alias="restaurantId")
     date: dt.date
@@ -75,33 +88,55 @@ class BookingView(BaseModel):
     source: str
     created_at: str = Field(alias="createdAt")
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> BookingView:
+        """The public shape of a booking, from a ``bookings`` row (``repository._BOOKING_COLUMNS``)."""
+        return cls(
+            id=row["id"],
+            restaurant_id=row["restaurant_id"],
+            date=row["booking_date"],
+            time=format_time(row["booking_time"]),
+            party_size=row["party_size"],
+            status=row["status"],
+            source=row["source"],
+            created_at=format_timestamp(row["created_at"]),
+        )
 
-class BookingCreated(BaseModel):
+
+class BookingCreated(_Response):
     booking: BookingView
     capacity: CapacityView
 
 
-class BookingEnvelope(BaseModel):
+class BookingEnvelope(_Response):
     booking: BookingView
 
 
-class SlotAvailability(BaseModel):
+class SlotAvailability(_Response):
     time: str
     max_covers: int | None = Field(alias="maxCovers")
     booked_covers: int = Field(alias="bookedCovers")
     remaining_covers: int | None = Field(alias="remainingCovers")
 
 
-class Availability(BaseModel):
+class Availability(_Response):
     restaurant_id: UUID = Field(alias="restaurantId")
     date: dt.date
     slots: list[SlotAvailability]
 
 
-class AlternativeSlot(BaseModel):
+class AlternativeSlot(_Response):
     date: dt.date
     time: str
     remaining_covers: int | None = Field(alias="remainingCovers")
+
+
+def format_time(value: dt.time) -> str:
+    return value.strftime("%H:%M")
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 class FieldError(BaseModel):

@@ -54,7 +54,7 @@ from capacity.incidents import (
 )
 from capacity.notifiers import Channel, DeliveryError, Notice, Notifier
 from capacity.outcomes import RECONCILE_SOURCE, EventType
-from capacity.reconcile import SlotState, slot_states
+from capacity.reconcile import SlotKey, SlotState, slot_states_of, slots_to_check
 from capacity.settings import AlertSettings
 
 RATE_WINDOW = dt.timedelta(hours=1)
@@ -213,8 +213,7 @@ class AlertChecker:
         summary.restaurants = len(restaurants)
         open_alerts = self._open_alerts(conn)
 
-        states = self._slot_states(conn, restaurants, open_alerts, now)
-        summary.slots_checked = len(states)
+        summary.slots_checked, states = self._slot_states(conn, restaurants, open_alerts, now)
         changes = {
             (s.restaurant_id, s.date, s.time): change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
             for s in states
@@ -269,11 +268,13 @@ class AlertChecker:
         restaurants: Sequence[dict[str, Any]],
         open_alerts: Sequence[OpenAlert],
         now: dt.datetime,
-    ) -> list[SlotState]:
-        """Slots holding confirmed bookings from each restaurant's local today - PAST to today +
-        FUTURE days, and the slots of open overbooking incidents wherever they are."""
+    ) -> tuple[int, list[SlotState]]:
+        """How many slots hold confirmed bookings from each restaurant's local today - PAST to
+        today + FUTURE days, plus the slots of open incidents wherever they are; and the states of
+        those that may be flagged and of the open incidents' slots (not of every booked slot: at
+        10,000 restaurants a year ahead that is millions)."""
         if not restaurants:
-            return []
+            return 0, []
         past = dt.timedelta(days=self.settings.reconcile_past_days)
         future = dt.timedelta(days=self.settings.reconcile_future_days)
         ranges: dict[UUID, tuple[dt.date, dt.date]] = {}
@@ -283,25 +284,25 @@ class AlertChecker:
             except (ZoneInfoNotFoundError, ValueError):
                 today = now.date()
             ranges[r["id"]] = (today - past, today + future)
-        date_from = min(lo for lo, _ in ranges.values())
-        date_to = max(hi for _, hi in ranges.values())
-        states = [
-            s
-            for s in slot_states(conn, date_from=date_from, date_to=date_to)
-            if s.restaurant_id in ranges and ranges[s.restaurant_id][0] <= s.date <= ranges[s.restaurant_id][1]
+
+        def in_range(restaurant_id: UUID, date: dt.date) -> bool:
+            return restaurant_id in ranges and ranges[restaurant_id][0] <= date <= ranges[restaurant_id][1]
+
+        open_slots: list[SlotKey] = [
+            (alert.key.restaurant_id, *alert.key.slot) for alert in open_alerts if alert.key.slot is not None
         ]
-        have = {(s.restaurant_id, s.date, s.time) for s in states}
-        for alert in open_alerts:
-            slot = alert.key.slot
-            if slot is None:
-                continue
-            date, time = slot
-            if (alert.key.restaurant_id, date, time) in have:
-                continue
-            have.add((alert.key.restaurant_id, date, time))
-            found = slot_states(conn, restaurant_ids=[alert.key.restaurant_id], date_from=date, date_to=date)
-            states += [s for s in found if s.time == time]
-        return states
+        checked = slots_to_check(conn, ranges)
+        flagged = {(s.restaurant_id, s.date, s.time) for s in checked.states}
+        followed = slot_states_of(conn, [k for k in open_slots if k not in flagged])
+        # In range: by restaurant, date and time; an open incident's slot that left its range
+        # after them, in the order the incidents opened.
+        states = sorted(
+            checked.states + [s for s in followed if in_range(s.restaurant_id, s.date)],
+            key=lambda s: (s.restaurant_id, s.date, s.time),
+        )
+        outside = {(s.restaurant_id, s.date, s.time): s for s in followed if not in_range(s.restaurant_id, s.date)}
+        states += [outside[k] for k in dict.fromkeys(open_slots) if k in outside]
+        return checked.slots + len(outside), states
 
     def _apply(self, conn: DictConnection, transitions: list[Transition], now: dt.datetime) -> list[Transition]:
         """State changes, detection events and queued notices: all or nothing."""

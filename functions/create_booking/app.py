@@ -6,11 +6,13 @@ map its outcome to a response, metrics and a log line. The capacity logic lives 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 import warnings
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from aws_lambda_powertools import Logger, Metrics
@@ -20,11 +22,12 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
-from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes.common import CaseInsensitiveDict
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import Field, TypeAdapter, ValidationError
 
 from capacity.booking import BookingResult, BookingService, Caller, RetryExhausted
 from capacity.db import Database, error_fields
@@ -50,6 +53,10 @@ from capacity.models import (
 from capacity.outcomes import LOAD_TEST_SOURCE, PROBLEM_CONTENT_TYPE, EventType, MetricName, ProblemCode, ProblemError
 from capacity.settings import booking_settings
 
+if TYPE_CHECKING:
+    # Only the OpenAPI document evaluates the routes' parameter annotations (see ``openapi_json``).
+    from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
 settings = booking_settings()
 logger = Logger(service=settings.service_name)
@@ -58,7 +65,11 @@ metrics = Metrics(namespace=settings.metrics_namespace, service=settings.service
 # booking path). Lambda's active tracing still records this function's segment.
 service = BookingService(Database(settings), settings)
 
-app = APIGatewayRestResolver(enable_validation=True)
+# No `enable_validation`: Powertools' OpenAPI request validation cost a third of this function's
+# CPU per request and ~50 ms of its cold start (bench/handler-and-cold-start.md). The routes
+# parse their own requests (`_parsed_by`) into the same pydantic errors it raised; the document
+# is still generated from the routes' signatures (`openapi_json`).
+app = APIGatewayRestResolver()
 
 MAX_BODY_BYTES = 10_240  # far above any valid booking (notes <= 1,000 chars); the same limit as `capctl serve`
 
@@ -71,6 +82,109 @@ _OUTCOME_METRIC = {
     EventType.SUCCESS: MetricName.BOOKING_SUCCESS,
     EventType.CAPACITY_EXCEEDED: MetricName.CAPACITY_EXCEEDED,
 }
+
+
+# -- request parsing ------------------------------------------------------------------------
+# What Powertools' OpenAPI request validation did, step for step (its middleware,
+# event_handler/middlewares/openapi_validation.py), for the few parameters these routes have:
+# the same values, and the same pydantic errors in the same order, so `validation_problem`
+# answers exactly as before (tests/unit/test_request_parsing.py holds the two side by side).
+
+_KEY_HEADER: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(pattern=KEY_PATTERN.pattern)])
+_RUN_ID_HEADER: TypeAdapter[str | None] = TypeAdapter(Annotated[str | None, Field(pattern=RUN_ID.pattern)])
+_BOOKING_BODY: TypeAdapter[BookingRequest] = TypeAdapter(BookingRequest)
+_DATE_QUERY: TypeAdapter[Any] = TypeAdapter(IsoDate)
+
+
+def _parsed_by(parse: Callable[[], dict[str, Any]]) -> Callable[[Callable[..., Response[Any]]], Any]:
+    """The route called with what ``parse`` reads from the request. The route keeps its own
+    signature (``functools.wraps``): the OpenAPI document describes its parameters from it."""
+
+    def decorate(route: Callable[..., Response[Any]]) -> Callable[..., Response[Any]]:
+        @functools.wraps(route)
+        def parsed(**path: Any) -> Response[Any]:
+            return route(**path, **parse())
+
+        return parsed
+
+    return decorate
+
+
+def _scalar(value: Any, native_multi: bool) -> Any:
+    """One parameter's value as Powertools normalised it: a list the event split is joined again,
+    a list of one is its value; a parameter really sent twice stays a list (a field error)."""
+    if isinstance(value, list) and len(value) > 1 and not native_multi and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return value
+
+
+def _validated(adapter: TypeAdapter[Any], value: Any, loc: tuple[Any, ...], errors: list[Any]) -> Any:
+    try:
+        return adapter.validate_python(value, from_attributes=True)
+    except ValidationError as exc:
+        errors.extend({**err, "loc": loc + tuple(err["loc"])} for err in exc.errors())
+        return None
+
+
+def _missing(loc: tuple[Any, ...]) -> dict[str, Any]:
+    return {"type": "missing", "loc": loc, "msg": "Field required", "input": None}
+
+
+def _header(name: str, adapter: TypeAdapter[Any], errors: list[Any], *, required: bool) -> Any:
+    event = app.current_event
+    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))
+    value = _scalar(event.resolved_headers_field.get(name), name in multi)
+    if value is None:
+        if required:
+            errors.append(_missing(("header", name)))
+        return None
+    return _validated(adapter, value, ("header", name), errors)
+
+
+def _booking_args() -> dict[str, Any]:
+    errors: list[Any] = []
+    key = _header("idempotency-key", _KEY_HEADER, errors, required=True)
+    run_id = _header("x-run-id", _RUN_ID_HEADER, errors, required=False)
+    try:
+        body = app.current_event.json_body  # None when there is no body
+    except json.JSONDecodeError as exc:  # alone: the header errors go unsaid, as before
+        error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
+        raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+    if isinstance(body, list) and body:
+        body = body[0]  # Powertools validated a JSON array's first item as the body
+    booking = None
+    if body is None:
+        errors.append(_missing(("body",)))
+    else:
+        booking = _validated(_BOOKING_BODY, body, ("body",), errors)
+    if errors:
+        raise RequestValidationError(errors)
+    return {"booking": booking, "idempotency_key": key, "run_id": run_id}
+
+
+def _availability_args() -> dict[str, Any]:
+    event = app.current_event
+    errors: list[Any] = []
+    native_multi = event.multi_value_query_string_parameters.keys()
+    value = _scalar(event.resolved_query_string_parameters.get("date"), "date" in native_multi)
+    date = _validated(_DATE_QUERY, value, ("query", "date"), errors) if value is not None else None
+    if value is None:
+        errors.append(_missing(("query", "date")))
+    if errors:
+        raise RequestValidationError(errors)
+    return {"date": date}
+
+
+def openapi_json(**document: Any) -> str:
+    """The OpenAPI document of these routes, from their signatures and responses. The parameter
+    markers their annotations name (Header, Query) are imported here, not at cold start: ~50 ms
+    of imports the function itself never needs."""
+    from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+
+    globals().update(Header=Header, Query=Query)
+    return app.get_openapi_json_schema(**document)
 
 
 _RETRY_AFTER: OpenAPIResponseHeader = {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
@@ -140,6 +254,7 @@ _GATEWAY_RESPONSES = {
         **_GATEWAY_RESPONSES,
     },
 )
+@_parsed_by(_booking_args)
 def create_booking(
     booking: BookingRequest,
     # Required; when absent the validation handler answers 400 idempotency_key_missing.
@@ -276,6 +391,7 @@ def cancel_booking(id: str) -> Response[Any]:
         **_GATEWAY_RESPONSES,
     },
 )
+@_parsed_by(_availability_args)
 def availability(
     restaurantId: str,
     date: Annotated[IsoDate, Query(description="YYYY-MM-DD")],

@@ -14,7 +14,7 @@ from capctl.handlers import load_handler
 
 def generate() -> str:
     module = load_handler("create_booking")
-    document = module.app.get_openapi_json_schema(
+    document = module.openapi_json(
         title="Capacity engine API",
         version="1.0.0",
         summary="Restaurant bookings that never overbook",

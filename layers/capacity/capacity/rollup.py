@@ -37,6 +37,9 @@ HOUR = dt.timedelta(hours=1)
 # month-long backfill short, and waiting for another run's lock is fine here.
 STATEMENT_TIMEOUT = "120s"
 LOCK_TIMEOUT = "60s"
+# Enough to hash the window's events per (restaurant, hour, class) in memory rather than sort
+# them all (with the statistics of migration 006); for this one transaction only.
+WORK_MEM = "64MB"
 _ROLLUP_LOCK_ID = 7_347_202
 PURGE_BATCH = 5000
 PURGE_MAX_BATCHES = 200
@@ -48,10 +51,66 @@ _FIGURES = ", ".join(FIGURE_NAMES)
 _SET_FIGURES = ", ".join(f"{n} = EXCLUDED.{n}" for n in FIGURE_NAMES)
 _OLD_FIGURES = ", ".join(f"t.{n}" for n in FIGURE_NAMES)
 _NEW_FIGURES = ", ".join(f"EXCLUDED.{n}" for n in FIGURE_NAMES)
+_COUNTER_ARRAYS = ", ".join(f"%({n})s::int[]" for n in COUNTER_NAMES)
 
-# One traffic class of the window, in one statement: counters of the events, covers and capacity
-# of the slots, upserted; rows of the window that no longer have anything behind them (e.g.
-# after ``capctl cleanup`` removed synthetic data) are deleted.
+# The window's events counted per restaurant, UTC hour and traffic class: one read-only statement,
+# which PostgreSQL may run in parallel (a statement that writes never is); hashed, not sorted
+# (``WORK_MEM`` and the statistics of migration 006).
+_COUNTERS = f"""
+SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {SYNTHETIC_SQL} AS synthetic,
+       {COUNTERS_SQL}
+  FROM observability_events e
+ WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+   AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
+ GROUP BY 1, 2, 3
+"""
+
+# Both traffic classes of the window, in one statement: the counters (above), the slots' covers
+# summed per class, each class upserted into its own table; rows of the window that no longer
+# have anything behind them (e.g. after ``capctl cleanup`` removed synthetic data) are deleted.
+# Counting the events inside this statement, once per class, through the (restaurant, time)
+# index in restaurant order, was most of the run at a million events.
+_CLASS = """
+), computed_{name} AS (
+    SELECT coalesce(c.restaurant_id, k.restaurant_id) AS restaurant_id, coalesce(c.hour, k.hour) AS hour,
+           {counters_zero},
+           coalesce(k.{name}_covers, 0) AS covers_booked, coalesce(k.capacity_covers, 0) AS capacity_covers
+      FROM (SELECT * FROM counters WHERE synthetic = {synthetic}) c
+      FULL JOIN capacity k ON k.restaurant_id = c.restaurant_id AND k.hour = c.hour
+     -- live rows for every open hour; synthetic rows only where there was synthetic traffic
+     WHERE c.restaurant_id IS NOT NULL OR NOT {synthetic} OR k.{name}_covers > 0
+), figures_{name} AS (
+    SELECT *,
+           CASE WHEN requests > 0 THEN round(conflicts::numeric / requests, 6) END AS conflict_rate,
+           CASE WHEN requests > 0 THEN round(successes::numeric / requests, 6) END AS success_rate,
+           CASE WHEN capacity_covers > 0 THEN round(covers_booked::numeric / capacity_covers, 6) END AS utilization
+      FROM computed_{name}
+), upserted_{name} AS (
+    INSERT INTO {table} AS t (restaurant_id, hour, {figures}, updated_at)
+    SELECT restaurant_id, hour, {figures}, now() FROM figures_{name}
+    ON CONFLICT (restaurant_id, hour) DO UPDATE SET {set_figures}, updated_at = EXCLUDED.updated_at
+     WHERE ({old_figures}) IS DISTINCT FROM ({new_figures})
+    RETURNING 1
+), removed_{name} AS (
+    DELETE FROM {table} t
+     WHERE t.hour >= %(start)s AND t.hour < %(end)s
+       AND NOT EXISTS (SELECT 1 FROM figures_{name} f WHERE f.restaurant_id = t.restaurant_id AND f.hour = t.hour)
+    RETURNING 1"""
+
+
+def _class_ctes(name: str, table: str, synthetic: bool) -> str:
+    return _CLASS.format(
+        name=name,
+        table=sql.Identifier(table).as_string(),
+        synthetic="true" if synthetic else "false",
+        counters_zero=_COUNTERS_ZERO,
+        figures=_FIGURES,
+        set_figures=_SET_FIGURES,
+        old_figures=_OLD_FIGURES,
+        new_figures=_NEW_FIGURES,
+    )
+
+
 _ROLLUP = f"""
 WITH slots AS (
     SELECT * FROM unnest(%(slot_restaurants)s::uuid[], %(slot_hours)s::timestamptz[], %(slot_dates)s::date[],
@@ -59,50 +118,28 @@ WITH slots AS (
            AS s (restaurant_id, hour, slot_date, slot_time, max_covers)
 ), capacity AS (
     SELECT s.restaurant_id, s.hour, sum(s.max_covers)::int AS capacity_covers,
-           coalesce(sum(b.covers), 0)::int AS covers_booked
+           coalesce(sum(b.live), 0)::int AS live_covers, coalesce(sum(b.synthetic), 0)::int AS synthetic_covers
       FROM slots s
       LEFT JOIN LATERAL (
-            SELECT sum(bk.party_size) AS covers FROM bookings bk
+            SELECT sum(bk.party_size) FILTER (WHERE bk.source <> {sql_text(LOAD_TEST_SOURCE)}) AS live,
+                   sum(bk.party_size) FILTER (WHERE bk.source = {sql_text(LOAD_TEST_SOURCE)}) AS synthetic
+              FROM bookings bk
              WHERE bk.restaurant_id = s.restaurant_id AND bk.booking_date = s.slot_date
-               AND bk.booking_time = s.slot_time AND bk.status = 'confirmed'
-               AND (bk.source = {sql_text(LOAD_TEST_SOURCE)}) = %(synthetic)s) b ON true
+               AND bk.booking_time = s.slot_time AND bk.status = 'confirmed') b ON true
      GROUP BY s.restaurant_id, s.hour
 ), counters AS (
-    SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {COUNTERS_SQL}
-      FROM observability_events e
-     WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-       AND {SYNTHETIC_SQL} = %(synthetic)s
-       AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
-     GROUP BY 1, 2
-), computed AS (
-    SELECT coalesce(c.restaurant_id, k.restaurant_id) AS restaurant_id, coalesce(c.hour, k.hour) AS hour,
-           {_COUNTERS_ZERO},
-           coalesce(k.covers_booked, 0) AS covers_booked, coalesce(k.capacity_covers, 0) AS capacity_covers
-      FROM counters c
-      FULL JOIN capacity k ON k.restaurant_id = c.restaurant_id AND k.hour = c.hour
-     -- live rows for every open hour; synthetic rows only where there was synthetic traffic
-     WHERE c.restaurant_id IS NOT NULL OR NOT %(synthetic)s OR k.covers_booked > 0
-), figures AS (
-    SELECT *,
-           CASE WHEN requests > 0 THEN round(conflicts::numeric / requests, 6) END AS conflict_rate,
-           CASE WHEN requests > 0 THEN round(successes::numeric / requests, 6) END AS success_rate,
-           CASE WHEN capacity_covers > 0 THEN round(covers_booked::numeric / capacity_covers, 6) END AS utilization
-      FROM computed
-), upserted AS (
-    INSERT INTO {{table}} AS t (restaurant_id, hour, {_FIGURES}, updated_at)
-    SELECT restaurant_id, hour, {_FIGURES}, now() FROM figures
-    ON CONFLICT (restaurant_id, hour) DO UPDATE SET {_SET_FIGURES}, updated_at = EXCLUDED.updated_at
-     WHERE ({_OLD_FIGURES}) IS DISTINCT FROM ({_NEW_FIGURES})
-    RETURNING 1
-), removed AS (
-    DELETE FROM {{table}} t
-     WHERE t.hour >= %(start)s AND t.hour < %(end)s
-       AND NOT EXISTS (SELECT 1 FROM figures f WHERE f.restaurant_id = t.restaurant_id AND f.hour = t.hour)
-    RETURNING 1
+    SELECT * FROM unnest(%(restaurants)s::uuid[], %(hours)s::timestamptz[], %(synthetic)s::bool[],
+                         {_COUNTER_ARRAYS})
+           AS c (restaurant_id, hour, synthetic, {", ".join(COUNTER_NAMES)})
+{_class_ctes("live", LIVE_TABLE, False)}
+{_class_ctes("synthetic", SYNTHETIC_TABLE, True)}
 )
-SELECT (SELECT count(*) FROM figures)::int AS rows,
-       (SELECT count(*) FROM upserted)::int AS changed,
-       (SELECT count(*) FROM removed)::int AS removed
+SELECT (SELECT count(*) FROM figures_live)::int AS live_rows,
+       (SELECT count(*) FROM upserted_live)::int AS live_changed,
+       (SELECT count(*) FROM removed_live)::int AS live_removed,
+       (SELECT count(*) FROM figures_synthetic)::int AS synthetic_rows,
+       (SELECT count(*) FROM upserted_synthetic)::int AS synthetic_changed,
+       (SELECT count(*) FROM removed_synthetic)::int AS synthetic_removed
 """
 
 _HOUR_TOTALS = """
@@ -237,25 +274,32 @@ def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> 
     return slots, skipped
 
 
-def _rollup_table(
-    conn: DictConnection, table: str, synthetic: bool, slots: list[SlotCapacity], start: dt.datetime, end: dt.datetime
-) -> TableResult:
-    statement = sql.SQL(_ROLLUP).format(table=sql.Identifier(table))
+def _rollup_tables(
+    conn: DictConnection, slots: list[SlotCapacity], start: dt.datetime, end: dt.datetime
+) -> tuple[TableResult, TableResult]:
+    """The live and the synthetic table of the window: the events counted, then both written."""
+    counters = conn.execute(_COUNTERS, {"start": start, "end": end}).fetchall()
     row = conn.execute(
-        statement,
+        _ROLLUP,
         {
+            "restaurants": [c["restaurant_id"] for c in counters],
+            "hours": [c["hour"] for c in counters],
+            "synthetic": [c["synthetic"] for c in counters],
+            **{n: [c[n] for c in counters] for n in COUNTER_NAMES},
             "slot_restaurants": [s.restaurant_id for s in slots],
             "slot_hours": [s.hour for s in slots],
             "slot_dates": [s.date for s in slots],
             "slot_times": [s.time for s in slots],
             "slot_caps": [s.max_covers for s in slots],
-            "synthetic": synthetic,
             "start": start,
             "end": end,
         },
     ).fetchone()
     assert row is not None
-    return TableResult(rows=row["rows"], changed=row["changed"], removed=row["removed"])
+    return (
+        TableResult(rows=row["live_rows"], changed=row["live_changed"], removed=row["live_removed"]),
+        TableResult(rows=row["synthetic_rows"], changed=row["synthetic_changed"], removed=row["synthetic_removed"]),
+    )
 
 
 def hour_totals(conn: DictConnection, hour: dt.datetime, table: str = LIVE_TABLE) -> HourTotals:
@@ -284,11 +328,11 @@ def run_rollup(conn: DictConnection, *, hours: int, now: dt.datetime | None = No
     with conn.transaction():
         conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
         conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         # Two overlapping runs (a retried schedule, a manual `capctl rollup`) take turns.
         conn.execute("SELECT pg_advisory_xact_lock(%(id)s)", {"id": _ROLLUP_LOCK_ID})
         slots, skipped = window_slots(conn, start, end)
-        live = _rollup_table(conn, LIVE_TABLE, False, slots, start, end)
-        synthetic = _rollup_table(conn, SYNTHETIC_TABLE, True, slots, start, end)
+        live, synthetic = _rollup_tables(conn, slots, start, end)
     last_complete = end - 2 * HOUR
     totals = hour_totals(conn, last_complete)
     purged = purge_idempotency_keys(conn)

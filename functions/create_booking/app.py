@@ -11,7 +11,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
@@ -132,10 +132,16 @@ def _missing(loc: tuple[Any, ...]) -> dict[str, Any]:
     return {"type": "missing", "loc": loc, "msg": "Field required", "input": None}
 
 
-def _header(name: str, adapter: TypeAdapter[Any], errors: list[Any], *, required: bool) -> Any:
-    event = app.current_event
-    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))
-    value = _scalar(event.resolved_headers_field.get(name), name in multi)
+def _header(
+    headers: Mapping[str, Any],
+    multi: Mapping[str, Any],
+    name: str,
+    adapter: TypeAdapter[Any],
+    errors: list[Any],
+    *,
+    required: bool,
+) -> Any:
+    value = _scalar(headers.get(name), name in multi)
     if value is None:
         if required:
             errors.append(_missing(("header", name)))
@@ -144,9 +150,12 @@ def _header(name: str, adapter: TypeAdapter[Any], errors: list[Any], *, required
 
 
 def _booking_args() -> dict[str, Any]:
+    event = app.current_event
+    headers = event.resolved_headers_field  # each read builds a new case-insensitive dict
+    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))
     errors: list[Any] = []
-    key = _header("idempotency-key", _KEY_HEADER, errors, required=True)
-    run_id = _header("x-run-id", _RUN_ID_HEADER, errors, required=False)
+    key = _header(headers, multi, "idempotency-key", _KEY_HEADER, errors, required=True)
+    run_id = _header(headers, multi, "x-run-id", _RUN_ID_HEADER, errors, required=False)
     try:
         body = app.current_event.json_body  # None when there is no body
     except json.JSONDecodeError as exc:  # alone: the header errors go unsaid, as before

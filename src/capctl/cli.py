@@ -30,6 +30,7 @@ _MODULE_COMMANDS = [
     ("demo", "capctl.demo", "the whole main job on a fresh embedded PostgreSQL of its own, end to end"),
     ("verify", "capctl.verify", "reconcile every booked slot; exit 1 when any is overbooked"),
     ("slot", "capctl.slot", "one slot's forensics (show) or stop its bleeding (close)"),
+    ("booking", "capctl.booking_cmd", "cancel a booking as an operator (frees its covers, records the event)"),
     ("check-alerts", "capctl.scheduled", "run the alert check once"),
     ("rollup", "capctl.scheduled", "run the hourly metrics roll-up once"),
     ("dashboard", "capctl.dashboard", "the observability dashboard of the local stack, live or as one HTML file"),
@@ -76,7 +77,13 @@ def _seed(args: argparse.Namespace) -> int:
     seed = load_seed(Path(args.file))
     try:
         with database.connection() as conn:
-            result = apply_seed(conn, seed, actor=args.actor, allow_below_bookings=args.allow_below_bookings)
+            result = apply_seed(
+                conn,
+                seed,
+                actor=args.actor,
+                allow_below_bookings=args.allow_below_bookings,
+                reason=f"capctl seed {Path(args.file).name}",
+            )
     except BelowBookings as exc:
         for s in exc.slots:
             print(

@@ -233,7 +233,7 @@ def _sync_restaurant(conn: DictConnection, r: RestaurantSeed) -> None:
     )
     override_rows = conn.execute(
         """SELECT id, override_date, start_time, end_time, max_covers, reason FROM capacity_overrides
-            WHERE restaurant_id = %s ORDER BY id""",
+            WHERE restaurant_id = %s AND managed_by = 'seed' ORDER BY id""",
         (r.id,),
     ).fetchall()
     _sync(
@@ -248,8 +248,9 @@ def _sync_restaurant(conn: DictConnection, r: RestaurantSeed) -> None:
         ),
         delete="DELETE FROM capacity_overrides WHERE id = %(id)s",
         insert=lambda key, value: conn.execute(
-            """INSERT INTO capacity_overrides (restaurant_id, override_date, start_time, end_time, max_covers, reason)
-               VALUES (%s, %s, %s, %s, %s, %s)""",
+            """INSERT INTO capacity_overrides
+                   (restaurant_id, override_date, start_time, end_time, max_covers, reason, managed_by)
+               VALUES (%s, %s, %s, %s, %s, %s, 'seed')""",
             (r.id, *key, *value),
         ),
     )
@@ -263,31 +264,52 @@ def set_actor(conn: DictConnection, actor: str, reason: str | None = None) -> No
 
 
 def newly_below(before: Sequence[SlotState], after: Sequence[SlotState]) -> list[SlotState]:
-    """Future slots whose capacity this change moved below their confirmed covers."""
+    """Slots whose capacity this change lowered below their confirmed covers (a raise that still
+    leaves a slot below them is not refused: it moves the right way)."""
     previous = {(s.restaurant_id, s.date, s.time): s.max_covers for s in before}
-    return [
-        s
-        for s in after
-        if s.max_covers is not None
-        and s.confirmed_covers > s.max_covers
-        and previous.get((s.restaurant_id, s.date, s.time), s.max_covers) != s.max_covers
-    ]
+    lowered = []
+    for s in after:
+        was = previous.get((s.restaurant_id, s.date, s.time), s.max_covers)
+        if s.max_covers is None or s.confirmed_covers <= s.max_covers:
+            continue
+        if was is None or s.max_covers < was:
+            lowered.append(s)
+    return lowered
 
 
 def future_slots(conn: DictConnection, restaurant_ids: Sequence[UUID]) -> list[SlotState]:
-    """Booked slots of these restaurants from yesterday (UTC) on: every slot that can still begin."""
+    """Booked slots of these restaurants that have not begun yet, in each restaurant's own time."""
+    zones = {
+        r["id"]: r["timezone"]
+        for r in conn.execute("SELECT id, timezone FROM restaurants WHERE id = ANY(%s)", (list(restaurant_ids),))
+    }
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    return slot_states(conn, restaurant_ids=list(restaurant_ids), date_from=yesterday)
+    states = slot_states(conn, restaurant_ids=list(restaurant_ids), date_from=yesterday)
+    return [s for s in states if not has_begun(s, zones.get(s.restaurant_id, "UTC"))]
+
+
+def has_begun(state: SlotState, timezone: str, now: dt.datetime | None = None) -> bool:
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = (now or dt.datetime.now(dt.UTC)).astimezone(zone)
+    return (state.date, state.time) < (local.date(), local.time())
 
 
 def apply_seed(
-    conn: DictConnection, seed: SeedFile, *, actor: str | None = None, allow_below_bookings: bool = False
+    conn: DictConnection,
+    seed: SeedFile,
+    *,
+    actor: str | None = None,
+    allow_below_bookings: bool = False,
+    reason: str = "capctl seed",
 ) -> SeedResult:
     """Apply the file in one transaction; raises ``BelowBookings`` (nothing committed) when it would
     lower a future slot below its confirmed covers, unless ``allow_below_bookings``."""
     ids = [r.id for r in seed.restaurants]
     with conn.transaction():
-        set_actor(conn, actor or default_actor())
+        set_actor(conn, actor or default_actor(), reason)
         first_change = conn.execute("SELECT coalesce(max(id), 0) AS id FROM capacity_changes").fetchone()
         assert first_change is not None
         before = future_slots(conn, ids)

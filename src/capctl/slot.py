@@ -17,15 +17,17 @@ import json
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from capacity.camel_json import iso_instant
 from capacity.changes import change_line, changes_of_slot
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import load_rules, slot_states
-from capacity.rules import Capacity, Override, WeeklyRule
+from capacity.rules import Capacity, Override, RestaurantRules, WeeklyRule
 from capctl.errors import UserError
 from capctl.seed import default_actor, set_actor
+from capctl.text import plural
 
 RECENT_EVENTS = 20
 T = TypeVar("T")
@@ -47,9 +49,11 @@ SELECT id, event_type, occurred_at, metadata
  ORDER BY occurred_at DESC, id DESC
  LIMIT %s
 """
+# One override of 0 per slot, one slot wide: the narrowest an override can be, so it wins over
+# any other override of the slot (equally narrow ones resolve to the lowest: 0).
 _CLOSE = """
-INSERT INTO capacity_overrides (restaurant_id, override_date, start_time, end_time, max_covers, reason)
-VALUES (%s, %s, %s, %s, 0, %s)
+INSERT INTO capacity_overrides (restaurant_id, override_date, start_time, end_time, max_covers, reason, managed_by)
+VALUES (%s, %s, %s, %s, 0, %s, 'operator')
 """
 
 
@@ -225,25 +229,50 @@ def close(
     reason: str,
     until: dt.time | None = None,
     actor: str | None = None,
-) -> list[dict[str, Any]]:
-    """Close [time, until) (one slot without ``until``) with a recorded override of 0 covers."""
+) -> tuple[list[dt.time], list[dict[str, Any]]]:
+    """Close every slot of [time, until) (one slot without ``until``; 00:00 is midnight) with a
+    recorded override of 0 covers each. Returns the slots closed and the history rows written."""
     if not reason.strip():
         raise UserError("--reason must say why the slot is closed")
     restaurant = _restaurant(conn, restaurant_id)
-    minutes = time.hour * 60 + time.minute
-    end_minutes = minutes + restaurant["slot_minutes"] if until is None else until.hour * 60 + until.minute
-    if end_minutes <= minutes:
-        raise UserError(f"--until {_hhmm(until)} must be after {_hhmm(time)}")
-    end = dt.time(end_minutes // 60, end_minutes % 60) if end_minutes < 24 * 60 else dt.time(0, 0)
+    rules = load_rules(conn, [restaurant_id], [date])[restaurant_id]
+    slots = _slots_to_close(rules, restaurant, date, time, until)
+    step = dt.timedelta(minutes=restaurant["slot_minutes"])
     with conn.transaction():
         set_actor(conn, actor or default_actor(), reason)
         first = conn.execute("SELECT coalesce(max(id), 0) AS id FROM capacity_changes").fetchone()
         assert first is not None
-        conn.execute(_CLOSE, (restaurant_id, date, time, end, reason))
+        for slot in slots:
+            end = (dt.datetime.combine(date, slot) + step).time()
+            conn.execute(_CLOSE, (restaurant_id, date, slot, end, reason))
+        # What it says is what it does: every slot of the range resolves to 0 now.
+        closed = load_rules(conn, [restaurant_id], [date])[restaurant_id]
+        still_open = [s for s in slots if not closed.capacity(date, s).closed]
+        if still_open:
+            raise UserError(f"could not close {', '.join(_hhmm(s) or '' for s in still_open)}; nothing was changed")
         changes = conn.execute(
             "SELECT id, changed_at, actor, kind, reason FROM capacity_changes WHERE id > %s ORDER BY id", (first["id"],)
         ).fetchall()
-    return changes
+    return slots, changes
+
+
+def _slots_to_close(
+    rules: RestaurantRules, restaurant: dict[str, Any], date: dt.date, time: dt.time, until: dt.time | None
+) -> list[dt.time]:
+    minutes = restaurant["slot_minutes"]
+    for name, value in (("TIME", time), ("--until", until)):
+        if value is not None and not rules.on_grid(value):
+            raise UserError(f"{name} {_hhmm(value)} is not on this restaurant's {minutes}-minute slot grid")
+    start = time.hour * 60 + time.minute
+    end = start + minutes if until is None else (until.hour * 60 + until.minute) or 24 * 60
+    if end <= start:
+        raise UserError(f"--until {_hhmm(until)} must be after {_hhmm(time)} (00:00 means midnight)")
+    local_now = dt.datetime.now(ZoneInfo(restaurant["timezone"]))
+    slots = [dt.time(m // 60, m % 60) for m in range(start, end, minutes)]
+    slots = [s for s in slots if (date, s) >= (local_now.date(), local_now.time())]
+    if not slots:
+        raise UserError(f"{date.isoformat()} {_hhmm(time)} has already begun: there is nothing left to close")
+    return slots
 
 
 def run(args: argparse.Namespace, name: str) -> int:
@@ -253,10 +282,13 @@ def run(args: argparse.Namespace, name: str) -> int:
     if args.slot_command == "close":
         until = _time(args.until, "--until") if args.until else None
         with database.connection() as conn:
-            changes = close(conn, restaurant_id, date, time, reason=args.reason, until=until, actor=args.actor)
-        span = f"{_hhmm(time)}-{_hhmm(until)}" if until else _hhmm(time)
+            slots, changes = close(conn, restaurant_id, date, time, reason=args.reason, until=until, actor=args.actor)
+        span = _hhmm(slots[0]) if len(slots) == 1 else f"{_hhmm(slots[0])}-{_hhmm(slots[-1])}"
         ids = ", ".join(f"#{c['id']}" for c in changes)
-        print(f"closed {restaurant_id} {date.isoformat()} {span}: override of 0 covers, recorded as change {ids}")
+        print(
+            f"closed {restaurant_id} {date.isoformat()} {span} ({plural(len(slots), 'slot')}): "
+            f"override of 0 covers each, recorded as {plural(len(changes), 'change')} {ids}"
+        )
         print(f"next: {slot_command(restaurant_id, date, time)}")
         return 0
     with database.connection() as conn:

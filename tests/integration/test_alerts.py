@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from capacity.alerts import AlertChecker
 from capacity.notifiers import DeliveryError, SnsNotifier, WebhookNotifier, notifiers_from_settings
-from capacity.settings import AlertSettings
+from capacity.settings import DEFAULT_RUNBOOK_URL, AlertSettings
 from capctl import demo
 from capctl.sns_inbox import SnsInbox
 from tests.alerting import (
@@ -91,7 +91,7 @@ class TestOverbooking:
         assert f"Restaurant: Test Trattoria ({RESTAURANT_ID})" in message["message"]
         assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over), in 6 bookings" in message["message"]
         assert f"Next: capctl slot show {RESTAURANT_ID} {slot}" in message["message"]
-        assert "Runbook: docs/capacity/runbook.md#overbooking" in message["message"]
+        assert f"Runbook: {DEFAULT_RUNBOOK_URL}#overbooking" in message["message"]  # absolute, clickable
         for personal in GUEST.values():
             assert personal not in message["message"] and personal not in message["subject"]
         [event] = detected_events(conn)

@@ -16,7 +16,15 @@ from capacity.alerts import AlertChecker
 from capacity.notifiers import notifiers_from_settings
 from capacity.settings import AlertSettings
 from capctl import cli
-from tests.support import BASE_SEED, FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
+from tests.support import (
+    BASE_SEED,
+    FUTURE_DATE,
+    PRIVATE_EVENT_DATE,
+    RESTAURANT_ID,
+    booking_body,
+    invoke,
+    post_booking_event,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -234,7 +242,8 @@ class TestSlotForensics:
             capsys, "slot", "close", RESTAURANT_ID, FUTURE_DATE, "19:00", "--until", "20:00",
             "--reason", "flooded kitchen", "--actor", "dave",
         )  # fmt: skip
-        assert code == 0 and out.startswith(f"closed {RESTAURANT_ID} {FUTURE_DATE} 19:00-20:00: override of 0 covers")
+        assert out.startswith(f"closed {RESTAURANT_ID} {FUTURE_DATE} 19:00-19:45 (4 slots): override of 0 covers each")
+        assert code == 0
         last = changes(conn)[-1]
         assert (last["actor"], last["kind"], last["reason"], last["after"]["max_covers"]) == (
             "dave",
@@ -256,8 +265,85 @@ class TestSlotForensics:
             (["show", "00000000-0000-4000-8000-000000000000", FUTURE_DATE, "19:00"], "no restaurant"),
             (["close", RESTAURANT_ID, FUTURE_DATE, "19:00", "--reason", " "], "--reason must say why"),
             (["close", RESTAURANT_ID, FUTURE_DATE, "19:00", "--reason", "x", "--until", "18:00"], "must be after"),
+            (["close", RESTAURANT_ID, FUTURE_DATE, "19:07", "--reason", "x"], "TIME 19:07 is not on"),
+            (["close", RESTAURANT_ID, FUTURE_DATE, "19:00", "--reason", "x", "--until", "19:10"], "--until 19:10"),
+            (["close", RESTAURANT_ID, "2020-01-03", "19:00", "--reason", "x"], "has already begun"),
         ],
     )
     def test_bad_input_is_one_line(self, on_db, conn, capsys, argv, message):
         code, out, err = run(capsys, "slot", *argv)
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+class TestOperatorChangesHold:
+    def test_a_range_close_beats_a_narrower_override_and_reaches_midnight(self, booking_app, on_db, conn, capsys):
+        # PRIVATE_EVENT_DATE has an 18:00-20:00 override of 4: a close of the whole evening still closes it
+        code, out, _ = run(
+            capsys, "slot", "close", RESTAURANT_ID, PRIVATE_EVENT_DATE, "17:00", "--until", "00:00", "--reason", "fire"
+        )
+        assert code == 0 and "17:00-23:45 (28 slots)" in out
+        for time in ("17:00", "18:30", "21:45"):
+            event = post_booking_event(booking_body(date=PRIVATE_EVENT_DATE, time=time, partySize=1), key=f"k-{time}")
+            assert invoke(booking_app, event)[2]["code"] == "slot_closed"
+
+    def test_a_later_seed_leaves_an_operators_close_alone(self, booking_app, on_db, conn, tmp_path, capsys):
+        run(capsys, "slot", "close", RESTAURANT_ID, FUTURE_DATE, "19:00", "--reason", "incident 7")
+        code, out, _ = run(capsys, "seed", seed_file(tmp_path), "--actor", "deploy-bot")
+        assert (code, out) == (0, "seeded 1 restaurant, 7 weekly rules, 3 overrides: no capacity change\n")
+        status, _, body = invoke(booking_app, post_booking_event(booking_body(), key="after-deploy"))
+        assert (status, body["code"]) == (409, "slot_closed")
+
+    def test_a_removal_says_why_it_was_removed(self, on_db, conn, tmp_path, capsys):
+        run(capsys, "seed", seed_file(tmp_path, LOWER_19), "--actor", "alice")
+        run(capsys, "seed", seed_file(tmp_path), "--actor", "bob")
+        last = changes(conn)[-1]
+        assert (last["actor"], last["kind"], last["reason"]) == ("bob", "override.delete", "capctl seed seed-1.json")
+
+    def test_raising_a_capacity_still_below_its_bookings_is_not_refused(
+        self, booking_app, on_db, conn, tmp_path, capsys
+    ):
+        for n in range(3):
+            book(booking_app, f"k{n}", 6)  # 18 covers
+        run(capsys, "seed", seed_file(tmp_path, {**LOWER_19, "maxCovers": 10}), "--allow-below-bookings")
+        code, _, err = run(capsys, "seed", seed_file(tmp_path, {**LOWER_19, "maxCovers": 14}))
+        assert (code, err) == (0, "")
+
+    def test_rules_cannot_be_truncated_past_the_history(self, seeded_db, conn):
+        for table in ("weekly_rules", "capacity_overrides"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"TRUNCATE {table}")
+
+    def test_set_role_is_named_in_the_history(self, seeded_db, conn):
+        conn.execute("CREATE ROLE ops_alice")
+        conn.execute("GRANT ALL ON weekly_rules TO ops_alice")
+        # a role that may change rules may append to their history (the table refuses anything else)
+        conn.execute("GRANT INSERT ON capacity_changes TO ops_alice")
+        conn.execute("GRANT USAGE ON SEQUENCE capacity_changes_id_seq TO ops_alice")
+        conn.execute("SET ROLE ops_alice")
+        conn.execute("UPDATE weekly_rules SET max_covers = 12 WHERE weekday = 5")
+        conn.execute("RESET ROLE")
+        assert changes(conn)[-1]["actor"] == "ops_alice via postgres"
+
+
+class TestOperatorCancel:
+    def test_an_operator_cancels_as_the_api_would(self, booking_app, on_db, conn, capsys):
+        booking = book(booking_app, "k1", 4)["booking"]
+        code, out, _ = run(capsys, "booking", "cancel", booking["id"])
+        assert (code, out) == (0, f"cancelled {booking['id']}: 4 covers freed at {RESTAURANT_ID} {FUTURE_DATE} 19:00\n")
+        assert conn.execute("SELECT status FROM bookings").fetchone() == {"status": "cancelled"}
+        assert conn.execute("SELECT booked_covers FROM slot_usage").fetchone() == {"booked_covers": 0}
+        events = conn.execute("SELECT event_type FROM observability_events ORDER BY id").fetchall()
+        assert [e["event_type"] for e in events] == ["booking.success", "booking.cancelled"]
+        code, out, _ = run(capsys, "booking", "cancel", booking["id"])
+        assert code == 0 and out.endswith(
+            f"was already cancelled ({RESTAURANT_ID} {FUTURE_DATE} 19:00): nothing changed\n"
+        )
+        assert conn.execute("SELECT booked_covers FROM slot_usage").fetchone() == {"booked_covers": 0}
+
+    @pytest.mark.parametrize(
+        ("booking_id", "message"),
+        [("nope", "BOOKING_ID must be a UUID"), ("00000000-0000-4000-8000-000000000000", "no booking")],
+    )
+    def test_bad_ids_are_one_line(self, on_db, capsys, booking_id, message):
+        code, out, err = run(capsys, "booking", "cancel", booking_id)
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err

@@ -298,3 +298,23 @@ class TestChannelsFromSettings:
             )
         )
         assert found.url() == "https://hooks.example/x"
+
+
+class TestReviewFindings:
+    def test_slack_control_sequences_in_a_reason_stay_text(self):
+        change = {
+            "changedAt": "2030-06-10T09:30:00Z",
+            "actor": "<!channel>",
+            "summary": "s",
+            "reason": "<https://evil|x>",
+        }
+        payload = webhook_payload(
+            notice(alert_type="capacity_below_bookings", severity="warning", figures={"maxCovers": 1, "change": change})
+        )
+        section = payload["blocks"][1]["text"]["text"]
+        assert "<!channel>" not in section and "&lt;!channel&gt;" in section and "&lt;https://evil|x&gt;" in section
+
+    def test_a_resolve_that_leaves_the_slot_above_its_capacity_says_so(self):
+        resolved = body(notice(notice="resolved", figures={"maxCovers": 0, "confirmedCovers": 18, "bookings": 4}))
+        assert "Confirmed covers now: 18 (capacity 0): still above the capacity in force" in resolved
+        assert "within its capacity" not in resolved

@@ -27,7 +27,14 @@ from capacity.outcomes import (
     ProblemCode,
     problem_body,
 )
-from capacity.settings import AlertSettings, BookingSettings, DatabaseSettings, RollupSettings, SettingsError
+from capacity.settings import (
+    DEFAULT_RUNBOOK_URL,
+    AlertSettings,
+    BookingSettings,
+    DatabaseSettings,
+    RollupSettings,
+    SettingsError,
+)
 from capctl.apigw import RESOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -727,15 +734,15 @@ def test_session_options_can_be_turned_off_for_rds_proxy(template):
 
 def test_runbook_url_is_an_absolute_url_or_nothing(template):
     parameter = template["Parameters"]["RunbookUrl"]
-    assert parameter["Default"] == ""
+    assert parameter["Default"] == DEFAULT_RUNBOOK_URL == AlertSettings.from_env({}).runbook_url
     assert parameter["AllowedPattern"] == r"^(https?://\S+)?$"
     for ok in ("", "https://wiki.example.org/runbook", "http://intranet/runbook.html"):
         assert re.fullmatch(parameter["AllowedPattern"], ok)
     for bad in ("docs/capacity/testing-and-monitoring.md#runbook", "https://has space", "file:///x"):
         assert not re.fullmatch(parameter["AllowedPattern"], bad)
     assert function_env(template, "CheckAlertsFunction")["RUNBOOK_URL"] == {"Ref": "RunbookUrl"}
-    # an empty value is unset: no link, and the function starts
-    assert AlertSettings.from_env({"RUNBOOK_URL": ""}).runbook_url is None
+    # an empty value is unset: the default link, and the function starts
+    assert AlertSettings.from_env({"RUNBOOK_URL": ""}).runbook_url == DEFAULT_RUNBOOK_URL
 
 
 def test_a_wrong_gateway_response_is_caught(template, monkeypatch):

@@ -141,7 +141,12 @@ def _slot_lines(notice: Notice) -> list[str]:
         if f.get("change"):
             lines.append(f"Changed: {change_line(f['change'])}")
     else:
-        lines.append(f"Confirmed covers now: {covers} (capacity {_covers(now)}): the slot is within its capacity")
+        state = (
+            "the slot is within its capacity"
+            if now is None or covers <= now
+            else "still above the capacity in force, which a capacity-below-bookings warning follows"
+        )
+        lines.append(f"Confirmed covers now: {covers} (capacity {_covers(now)}): {state}")
     ids = f.get("bookingIds") or []
     if ids and not resolved:
         more = f" (+{f['bookings'] - len(ids)} more)" if f.get("bookings", 0) > len(ids) else ""
@@ -197,6 +202,11 @@ def body(notice: Notice) -> str:
     return "\n".join(lines)
 
 
+def _mrkdwn(text: str) -> str:
+    """Slack's control characters escaped: a reason or a name like ``<!channel>`` stays text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def webhook_payload(notice: Notice) -> dict[str, Any]:
     """Slack-compatible: ``text`` for any receiver, ``blocks`` for Slack."""
     head = subject(notice)
@@ -205,7 +215,7 @@ def webhook_payload(notice: Notice) -> dict[str, Any]:
         "text": f"{head}\n{text}",
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": head[:SLACK_HEADER_MAX]}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(text)[:3000]}},
         ],
     }
 

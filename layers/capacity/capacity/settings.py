@@ -19,6 +19,9 @@ from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 
 
+DEFAULT_RUNBOOK_URL = "https://github.com/capacity-engine/capacity-engine/blob/main/docs/capacity/runbook.md"
+
+
 class SettingsError(RuntimeError):
     pass
 
@@ -111,8 +114,9 @@ class AlertSettings(DatabaseSettings):
     retry_exhausted_threshold: int = Field(default=5, ge=1, alias="RETRY_EXHAUSTED_THRESHOLD")
     alert_cooldown_minutes: int = Field(default=60, ge=1, alias="ALERT_COOLDOWN_MINUTES")
     dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
-    # The runbook page's absolute URL; each alert kind links to its own anchor on it.
-    runbook_url: str | None = Field(default=None, alias="RUNBOOK_URL")
+    # The runbook page's absolute URL; each alert kind links to its own anchor on it. The default
+    # is the runbook in this project's repository, as docs/problems.md is PROBLEM_TYPE_BASE's.
+    runbook_url: str | None = Field(default=DEFAULT_RUNBOOK_URL, alias="RUNBOOK_URL")
     include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
     reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
     # "Any overbooked slot": by default every future slot with bookings (ten years ahead).

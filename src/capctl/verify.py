@@ -16,6 +16,7 @@ from capacity.changes import change_behind, change_line
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
+from capctl.seed import has_begun
 from capctl.text import plural
 
 
@@ -30,9 +31,14 @@ def _names(conn: DictConnection) -> dict[str, str]:
 
 
 def verify(conn: DictConnection) -> dict[str, Any]:
+    """Every booked slot: the overbooked ones (any date: a guard failure stays one), and the ones
+    below bookings that have not begun yet (a dinner that is over has no guests left to move)."""
     states = slot_states(conn)
+    zones = {r["id"]: r["timezone"] for r in conn.execute("SELECT id, timezone FROM restaurants")}
     below = []
     for s in below_bookings(states):
+        if has_begun(s, zones.get(s.restaurant_id, "UTC")):
+            continue
         change = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
         below.append({**s.as_json(), "command": _command(s), "change": change.as_json() if change else None})
     over = [{**s.as_json(), "command": _command(s)} for s in over_capacity(states)]

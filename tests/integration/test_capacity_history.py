@@ -5,6 +5,7 @@ PostgreSQL, through the real booking handler and the real CLI."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,17 @@ class TestOperatorCancel:
     def test_bad_ids_are_one_line(self, on_db, capsys, booking_id, message):
         code, out, err = run(capsys, "booking", "cancel", booking_id)
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+class TestPastSlots:
+    def test_a_dinner_that_is_over_has_no_guests_to_move(self, on_db, conn, capsys):
+        yesterday = (dt.date.today() - dt.timedelta(days=2)).isoformat()
+        conn.execute(
+            "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source, guarded,"
+            " accepted_max_covers) VALUES (gen_random_uuid(), %s, %s, '19:00', 12, 'confirmed', 'api', true, 20)",
+            (RESTAURANT_ID, yesterday),
+        )
+        conn.execute("UPDATE weekly_rules SET max_covers = 4")
+        code, out, _ = run(capsys, "verify", "--json")
+        result = json.loads(out)
+        assert (code, result["overCapacitySlots"], result["belowBookingsSlots"]) == (0, [], [])

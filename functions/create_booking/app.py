@@ -18,10 +18,7 @@ from uuid import UUID
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import (
-    RequestUnsupportedContentType,
-    RequestValidationError,
-)
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -453,17 +450,6 @@ def _on_validation(exc: RequestValidationError) -> Response[Any]:
 @app.exception_handler(UnicodeDecodeError)
 def _on_undecodable_body(_: UnicodeDecodeError) -> Response[Any]:
     problem = ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body is not UTF-8 JSON.")
-    return problem_response(problem, _request_id())
-
-
-@app.exception_handler(RequestUnsupportedContentType)
-def _on_content_type(_: RequestUnsupportedContentType) -> Response[Any]:
-    # Not reached for POST /bookings (lambda_handler answers 415 first); kept for any other body.
-    problem = ProblemError(
-        ProblemCode.UNSUPPORTED_MEDIA_TYPE,
-        "The request body must be JSON: send Content-Type: application/json.",
-        headers={"Accept-Post": JSON_MEDIA_TYPE},
-    )
     return problem_response(problem, _request_id())
 
 

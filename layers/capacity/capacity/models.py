@@ -61,6 +61,9 @@ class BookingRequest(_Strict):
         return dt.time.fromisoformat(self.time)
 
 
+SlotTime = Annotated[str, StringConstraints(pattern=TIME_PATTERN)]  # HH:MM, as every answer writes a slot
+
+
 class _Response(BaseModel):
     """A success body of the API: the one way a body is built (from rows or a stored answer), so
     what is sent is what docs/openapi.json says. Extra members are refused, not passed through."""
@@ -82,11 +85,11 @@ class BookingView(_Response):
     id: UUID
     restaurant_id: UUID = Field(alias="restaurantId")
     date: dt.date
-    time: str
+    time: SlotTime
     party_size: int = Field(alias="partySize")
     status: Literal["confirmed", "cancelled"]
     source: str
-    created_at: str = Field(alias="createdAt")
+    created_at: str = Field(alias="createdAt", json_schema_extra={"format": "date-time"})  # UTC, to the ms
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> BookingView:
@@ -113,7 +116,7 @@ class BookingEnvelope(_Response):
 
 
 class SlotAvailability(_Response):
-    time: str
+    time: SlotTime
     max_covers: int | None = Field(alias="maxCovers")
     booked_covers: int = Field(alias="bookedCovers")
     remaining_covers: int | None = Field(alias="remainingCovers")
@@ -127,7 +130,7 @@ class Availability(_Response):
 
 class AlternativeSlot(_Response):
     date: dt.date
-    time: str
+    time: SlotTime
     remaining_covers: int | None = Field(alias="remainingCovers")
 
 

@@ -61,8 +61,13 @@ def render(result: dict[str, Any], names: dict[str, str]) -> str:
     ]
     for s in over:
         limit = s["acceptedMaxCovers"]
+        held_to = (
+            f"accepted under max {limit}"
+            if s["acceptedByGuard"]
+            else f"max {limit} (no booking of it passed the guard)"
+        )
         lines.append(
-            f"OVERBOOKED {_where(s, names)}: {s['confirmedCovers']} covers confirmed, accepted under max {limit} "
+            f"OVERBOOKED {_where(s, names)}: {s['confirmedCovers']} covers confirmed, {held_to} "
             f"({s['confirmedCovers'] - limit} over) in {plural(s['bookings'], 'booking')} - guard failure"
         )
         lines.append(f"  next: {s['command']}")

@@ -89,7 +89,10 @@ class TestOverbooking:
             "alertType": "overbooking",
         }
         assert f"Restaurant: Test Trattoria ({RESTAURANT_ID})" in message["message"]
-        assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over), in 6 bookings" in message["message"]
+        assert (
+            "Confirmed covers: 24, over the capacity of 20 (4 over) (no booking of it passed the guard), in 6 bookings"
+            in message["message"]
+        )
         assert f"Next: capctl slot show {RESTAURANT_ID} {slot}" in message["message"]
         assert f"Runbook: {DEFAULT_RUNBOOK_URL}#overbooking" in message["message"]  # absolute, clickable
         for personal in GUEST.values():
@@ -305,7 +308,10 @@ class TestDelivery:
         [payload] = webhook.messages()
         assert payload["text"].startswith("[CRITICAL] Overbooked slot")
         assert payload["blocks"][0]["type"] == "header"
-        assert "Confirmed covers: 24, accepted under a capacity of 20 (4 over)" in payload["blocks"][1]["text"]["text"]
+        assert (
+            "Confirmed covers: 24, over the capacity of 20 (4 over) (no booking of it passed the guard)"
+            in payload["blocks"][1]["text"]["text"]
+        )
         for personal in GUEST.values():
             assert personal not in json.dumps(payload)
         assert topic.messages() == []  # SNS got it once, on the first run

@@ -202,6 +202,24 @@ class TestTwoConditions:
         [over] = json.loads(out)["overCapacitySlots"]
         assert code == 1 and (over["maxCovers"], over["acceptedMaxCovers"], over["confirmedCovers"]) == (30, 20, 22)
 
+    def test_a_plain_sql_booking_within_capacity_does_not_turn_a_lowering_critical(
+        self, booking_app, on_db, conn, tmp_path, capsys
+    ):
+        book(booking_app, "k1", 10)  # 10 covers through the guard, under 20
+        conn.execute(
+            "INSERT INTO bookings (id, restaurant_id, booking_date, booking_time, party_size, status, source) "
+            "VALUES (gen_random_uuid(), %s, %s, '19:00', 2, 'confirmed', 'api')",
+            (RESTAURANT_ID, FUTURE_DATE),
+        )  # 12 of 20: within capacity, the latest booking, not through the guard
+        run(capsys, "seed", seed_file(tmp_path, {**LOWER_19, "maxCovers": 10}), "--allow-below-bookings")
+        code, out, _ = run(capsys, "verify", "--json")
+        result = json.loads(out)
+        assert (code, result["overCapacitySlots"]) == (0, [])
+        [below] = result["belowBookingsSlots"]
+        assert (below["maxCovers"], below["acceptedMaxCovers"], below["confirmedCovers"]) == (10, 20, 12)
+        summary = check_alerts(conn)
+        assert [t.key.kind.value for t in summary.transitions] == ["capacity_below_bookings"]
+
 
 class TestSlotForensics:
     def test_show_gives_rule_history_ledger_bookings_and_events(self, booking_app, on_db, conn, tmp_path, capsys):

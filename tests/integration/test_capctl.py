@@ -208,7 +208,7 @@ class TestVerify:
         assert code == 1
         assert (
             f"OVERBOOKED Test Trattoria ({RESTAURANT_ID}) {FUTURE_DATE} 19:00: 21 covers confirmed, "
-            "accepted under max 20 (1 over) in 2 bookings - guard failure" in out
+            "max 20 (no booking of it passed the guard) (1 over) in 2 bookings - guard failure" in out
         )
         assert f"  next: capctl slot show {RESTAURANT_ID} {FUTURE_DATE} 19:00\n" in out
         code, out, _ = run(capsys, "verify", "--json")
@@ -228,6 +228,7 @@ class TestVerify:
                 "confirmedCovers": 21,
                 "bookings": 2,
                 "bookingIds": ids,
+                "acceptedByGuard": False,  # planted by SQL: held to the capacity in force
                 "command": f"capctl slot show {RESTAURANT_ID} {FUTURE_DATE} 19:00",
             }
         ]
@@ -244,7 +245,10 @@ class TestVerify:
             (RESTAURANT_ID, CLOSED_DATE),
         )
         code, out, _ = run(capsys, "verify")
-        assert code == 1 and f"{CLOSED_DATE} 19:00: 1 covers confirmed, accepted under max 0 (1 over)" in out
+        assert (
+            code == 1
+            and f"{CLOSED_DATE} 19:00: 1 covers confirmed, max 0 (no booking of it passed the guard) (1 over)" in out
+        )
 
 
 class TestEmbeddedServer:

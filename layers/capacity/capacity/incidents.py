@@ -178,6 +178,7 @@ def slot_figures(state: SlotState, timezone: str = "", change: CapacityChange | 
         "timezone": timezone,
         "maxCovers": state.max_covers,
         "acceptedMaxCovers": state.accepted_max_covers,
+        "acceptedByGuard": state.accepted_by_guard,
         "confirmedCovers": state.confirmed_covers,
         "bookings": state.bookings,
         "bookingIds": [str(b) for b in state.booking_ids[-MAX_BOOKING_IDS:]],

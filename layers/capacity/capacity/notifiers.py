@@ -125,8 +125,13 @@ def _slot_lines(notice: Notice) -> list[str]:
     if notice.alert_type == AlertKind.OVERBOOKING and not resolved:
         over = f" ({covers - accepted} over)" if isinstance(accepted, int) else ""
         lines += [
-            f"Confirmed covers: {covers}, accepted under a capacity of {_covers(accepted)}{over}, "
-            f"in {f.get('bookings', 0)} bookings",
+            f"Confirmed covers: {covers}, "
+            + (
+                f"accepted under a capacity of {_covers(accepted)}{over}, "
+                if f.get("acceptedByGuard", True)
+                else f"over the capacity of {_covers(accepted)}{over} (no booking of it passed the guard), "
+            )
+            + f"in {f.get('bookings', 0)} bookings",
             f"Capacity in force now: {_covers(now)}",
             "The guard never lets a slot pass the capacity it checks: a booking got in around it "
             "(plain SQL, a bug). Stop new bookings, then move guests.",

@@ -24,9 +24,11 @@ class SlotState(CamelJson):
     its bookings were accepted under.
 
     ``accepted_max_covers`` is the capacity the guard checked when the slot's latest confirmed
-    booking was accepted: the guard let the slot reach at most that. A booking that did not pass
-    the guard (inserted by plain SQL, or before the engine recorded it) has no such figure, so
-    the slot is held to the capacity in force now. Two conditions follow, never confused:
+    booking *that went through the guard* was accepted: the guard let the slot reach at most
+    that, so covers beyond it were added around the guard. A booking that did not pass the guard
+    (plain SQL, or written before the engine recorded it) carries no such figure; a slot holding
+    only such bookings (``accepted_by_guard`` false) is held to the capacity in force now. Two
+    conditions follow, never confused:
 
     * **overbooked** — confirmed covers exceed ``accepted_max_covers``: the guard failed or was
       bypassed (CRITICAL);
@@ -43,6 +45,7 @@ class SlotState(CamelJson):
     bookings: int
     booking_ids: tuple[UUID, ...] = ()
     last_booked_at: Annotated[dt.datetime | None, Field(exclude=True)] = None
+    accepted_by_guard: bool = True  # False: no booking of it passed the guard; the limit is "now"
 
     @property
     def over_capacity(self) -> bool:
@@ -58,8 +61,8 @@ _SLOT_COLUMNS = """
 SELECT restaurant_id, booking_date, booking_time, sum(party_size)::int AS covers, count(*)::int AS bookings,
        array_agg(id ORDER BY created_at, id) AS booking_ids,
        max(created_at) AS last_booked_at,
-       (array_agg(guarded ORDER BY created_at DESC, id DESC))[1] AS last_guarded,
-       (array_agg(accepted_max_covers ORDER BY created_at DESC, id DESC))[1] AS last_accepted
+       bool_or(guarded) AS any_guarded,
+       (array_agg(accepted_max_covers ORDER BY created_at DESC, id DESC) FILTER (WHERE guarded))[1] AS last_accepted
   FROM bookings
 """
 
@@ -240,7 +243,8 @@ def _states(conn: DictConnection, rows: Sequence[dict[str, Any]]) -> list[SlotSt
                 max_covers=capacity.max_covers,
                 confirmed_covers=r["covers"],
                 bookings=r["bookings"],
-                accepted_max_covers=r["last_accepted"] if r["last_guarded"] else capacity.max_covers,
+                accepted_max_covers=r["last_accepted"] if r["any_guarded"] else capacity.max_covers,
+                accepted_by_guard=bool(r["any_guarded"]),
                 booking_ids=tuple(r["booking_ids"]),
                 last_booked_at=r["last_booked_at"],
             )

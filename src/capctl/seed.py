@@ -285,16 +285,7 @@ def future_slots(conn: DictConnection, restaurant_ids: Sequence[UUID]) -> list[S
     }
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     states = slot_states(conn, restaurant_ids=list(restaurant_ids), date_from=yesterday)
-    return [s for s in states if not has_begun(s, zones.get(s.restaurant_id, "UTC"))]
-
-
-def has_begun(state: SlotState, timezone: str, now: dt.datetime | None = None) -> bool:
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    local = (now or dt.datetime.now(dt.UTC)).astimezone(zone)
-    return (state.date, state.time) < (local.date(), local.time())
+    return [s for s in states if not s.has_begun(zones.get(s.restaurant_id, "UTC"))]
 
 
 def apply_seed(

@@ -16,7 +16,6 @@ from capacity.changes import change_behind, change_line
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
-from capctl.seed import has_begun
 from capctl.text import plural
 
 
@@ -37,7 +36,7 @@ def verify(conn: DictConnection) -> dict[str, Any]:
     zones = {r["id"]: r["timezone"] for r in conn.execute("SELECT id, timezone FROM restaurants")}
     below = []
     for s in below_bookings(states):
-        if has_begun(s, zones.get(s.restaurant_id, "UTC")):
+        if s.has_begun(zones.get(s.restaurant_id, "UTC")):
             continue
         change = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
         below.append({**s.as_json(), "command": _command(s), "change": change.as_json() if change else None})

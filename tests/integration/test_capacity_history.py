@@ -220,6 +220,18 @@ class TestTwoConditions:
         summary = check_alerts(conn)
         assert [t.key.kind.value for t in summary.transitions] == ["capacity_below_bookings"]
 
+    def test_the_change_named_is_the_one_that_lowered_the_capacity(self, booking_app, on_db, conn, tmp_path, capsys):
+        book(booking_app, "k1", 12)
+        run(capsys, "seed", seed_file(tmp_path, LOWER_19), "--actor", "alice", "--allow-below-bookings")
+        later = copy.deepcopy(BASE_SEED)
+        later["restaurants"][0]["overrides"].append(LOWER_19)
+        later["restaurants"][0]["bookingHorizonDays"] = 400  # a later change of something else
+        path = tmp_path / "later.json"
+        path.write_text(json.dumps(later))
+        run(capsys, "seed", str(path), "--actor", "dave")
+        [below] = json.loads(run(capsys, "verify", "--json")[1])["belowBookingsSlots"]
+        assert (below["change"]["actor"], below["change"]["kind"]) == ("alice", "override.insert")
+
 
 class TestSlotForensics:
     def test_show_gives_rule_history_ledger_bookings_and_events(self, booking_app, on_db, conn, tmp_path, capsys):

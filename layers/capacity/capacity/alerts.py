@@ -214,6 +214,9 @@ class AlertChecker:
         open_alerts = self._open_alerts(conn)
 
         summary.slots_checked, states = self._slot_states(conn, restaurants, open_alerts, now)
+        # A slot below its bookings that has begun has no guests left to move: no warning for it.
+        zones = {rid: r["timezone"] for rid, r in by_id.items()}
+        states = [s for s in states if not (s.below_bookings and s.has_begun(zones.get(s.restaurant_id, "UTC"), now))]
         changes = {
             (s.restaurant_id, s.date, s.time): change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
             for s in states

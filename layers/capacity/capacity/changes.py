@@ -68,8 +68,18 @@ class CapacityChange(CamelJson):
 
     def touches(self, time: dt.time) -> bool:
         if self.kind.startswith("restaurant."):
-            return True
+            # Of a restaurant's settings only its creation and its slot grid bear on a slot's
+            # capacity (the horizon, the party size and the name do not).
+            before, after = self.before or {}, self.after or {}
+            return not before or not after or before.get("slot_minutes") != after.get("slot_minutes")
         return _holds(self.before, time) or _holds(self.after, time)
+
+    @property
+    def changes_capacity(self) -> bool:
+        """A change of a rule's covers (or a rule added or removed), not only of its bookkeeping."""
+        if self.subject == "restaurant":
+            return False
+        return _capacity(self.before) != _capacity(self.after) or self.before is None or self.after is None
 
     @property
     def subject(self) -> str:
@@ -118,9 +128,13 @@ def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, ti
 def change_behind(
     conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time, since: dt.datetime | None
 ) -> CapacityChange | None:
-    """The latest change touching the slot made after ``since`` (its latest booking), if any;
-    else the latest change touching it at all."""
+    """The change that explains a slot below its bookings: the latest change of a rule's covers
+    touching the slot made after ``since`` (its latest booking), else the latest such change at
+    all; a change of the slot grid only when no rule change touches the slot."""
     changes = changes_of_slot(conn, restaurant_id, date, time)
-    later = [c for c in changes if since is None or c.changed_at >= since]
-    found = later or changes
-    return found[-1] if found else None
+    for candidates in ([c for c in changes if c.changes_capacity], changes):
+        later = [c for c in candidates if since is None or c.changed_at >= since]
+        found = later or candidates
+        if found:
+            return found[-1]
+    return None

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
@@ -54,6 +55,15 @@ class SlotState(CamelJson):
     @property
     def below_bookings(self) -> bool:
         return not self.over_capacity and self.max_covers is not None and self.confirmed_covers > self.max_covers
+
+    def has_begun(self, timezone: str, now: dt.datetime | None = None) -> bool:
+        """Has the slot begun in its restaurant's time zone (UTC when the zone is unknown)?"""
+        try:
+            zone = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = ZoneInfo("UTC")
+        local = (now or dt.datetime.now(dt.UTC)).astimezone(zone)
+        return (self.date, self.time) < (local.date(), local.time())
 
 
 # Per slot: covers, bookings (oldest first), and what the latest booking was accepted under.

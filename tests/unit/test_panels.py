@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from capacity.outcomes import MetricName
 from capacity.settings import AlertSettings
 from capctl import panels
+from tests.cfn import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -27,26 +27,9 @@ KNOWN_MISSING_FROM_TEMPLATE: frozenset[str] = frozenset()
 AWS_NAMESPACES = ("AWS/",)
 
 
-class CfnLoader(yaml.SafeLoader):
-    """PyYAML with CloudFormation's short-form tags (!Ref, !Sub, !GetAtt, ...)."""
-
-
-def _intrinsic(loader: CfnLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {"Ref": value} if tag_suffix == "Ref" else {f"Fn::{tag_suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+    return load_template()
 
 
 def widgets(tpl: dict[str, Any]) -> list[dict[str, Any]]:

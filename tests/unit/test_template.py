@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from capacity.outcomes import (
     DEFAULT_PROBLEM_TYPE_BASE,
@@ -36,6 +35,7 @@ from capacity.settings import (
     SettingsError,
 )
 from capctl.apigw import RESOURCES
+from tests.cfn import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -59,33 +59,6 @@ SERVICE = "capacity-engine"
 
 
 # ---------------------------------------------------------------- loading
-
-
-class CfnLoader(yaml.SafeLoader):
-    """PyYAML with CloudFormation's short-form tags (!Ref, !Sub, !GetAtt, !If, ...)."""
-
-
-def _intrinsic(loader: CfnLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if tag_suffix == "Ref":
-        return {"Ref": value}
-    if tag_suffix == "GetAtt" and isinstance(value, str):
-        return {"Fn::GetAtt": value.split(".", 1)}
-    if tag_suffix == "Condition":
-        return {"Condition": value}
-    return {f"Fn::{tag_suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
-def load_template(text: str | None = None) -> dict[str, Any]:
-    return yaml.load(TEMPLATE.read_text() if text is None else text, Loader=CfnLoader)
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def _header(
 def _booking_args() -> dict[str, Any]:
     event = app.current_event
     headers = event.resolved_headers_field  # each read builds a new case-insensitive dict
-    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))
+    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))  # type: ignore[no-untyped-call]  # untyped upstream
     errors: list[Any] = []
     key = _header(headers, multi, "idempotency-key", _KEY_HEADER, errors, required=True)
     run_id = _header(headers, multi, "x-run-id", _RUN_ID_HEADER, errors, required=False)

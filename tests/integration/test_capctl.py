@@ -172,6 +172,24 @@ class TestSeed:
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err
         assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
 
+    def test_every_error_of_a_seed_file_is_reported_at_once_with_its_json_path(self, on_db, conn, tmp_path, capsys):
+        data = {
+            "restaurants": [
+                {"id": RESTAURANT_ID, "name": "A", "slotMinutes": 7},
+                {
+                    "id": "x",
+                    "name": "B",
+                    "weekly": [{"weekdays": [8], "start": "17:00", "end": "22:00", "maxCovers": 1}],
+                },
+            ]
+        }
+        code, out, err = run(capsys, "seed", write_seed(tmp_path, data))
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert ": 3 errors: $.restaurants[0].slotMinutes: must divide the day (1440 minutes) evenly; " in err
+        assert "$.restaurants[1].id: Input should be a valid UUID" in err
+        assert "$.restaurants[1].weekly[0].weekdays[0]: Input should be less than or equal to 7" in err
+        assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
+
     def test_a_directory_is_not_a_seed_file(self, on_db, tmp_path, capsys):
         code, _, err = run(capsys, "seed", str(tmp_path))
         assert code == 2 and err.startswith("capctl: error: cannot read seed file") and err.count("\n") == 1

@@ -162,6 +162,9 @@ def test_demo_runs_with_faults_on_its_own_database_and_stops_what_it_started(
     assert home, out
     assert not Path(home[1]).exists()
     assert "stopped the embedded PostgreSQL this demo started" in out
+    # ... including the postmaster the db-crash fault started again by itself.
+    still_running = subprocess.run(["pgrep", "-f", "--", f"-D {home[1]}"], capture_output=True, text=True, check=False)
+    assert still_running.stdout == "", f"a postgres of the demo outlived it: {still_running.stdout}"
     logs = Path(re.search(r"^logs:\s+(\S+)$", out, re.MULTILINE)[1])  # type: ignore[index]
     assert logs.parent == reports_dir.resolve()
     assert "POST /bookings 201" in (logs / "serve.log").read_text()

@@ -158,6 +158,8 @@ def _booking_args() -> dict[str, Any]:
     except json.JSONDecodeError as exc:  # alone: the header errors go unsaid, as before
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
         raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+    except (ValueError, RecursionError):  # an integer too long to read, nesting too deep, bad base64
+        raise ProblemError(ProblemCode.MALFORMED_REQUEST, "The request body must be a JSON object.") from None
     if isinstance(body, list) and body:
         body = body[0]  # Powertools validated a JSON array's first item as the body
     booking = None
@@ -280,7 +282,7 @@ def create_booking(
         raise _invalid("X-Run-Id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     started = time.perf_counter()
     caller = Caller(
-        tenant=tenant_of(app.current_event.request_context.raw_event),
+        tenant=_tenant(),
         idempotency_key=idempotency_key,
         run_id=run_id,
         request_id=_request_id(),

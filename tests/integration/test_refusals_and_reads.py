@@ -85,6 +85,22 @@ class TestRefusedBeforeTheWrite:
         assert headers["Content-Type"] == "application/problem+json"
         assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
 
+    @pytest.mark.parametrize(
+        ("body", "base64_encoded"),
+        [
+            ('{"partySize": ' + "1" * 5000 + "}", False),  # an integer too long for Python to read
+            ("[" * 4000 + "]" * 4000, False),  # nesting deeper than the parser's recursion
+            ("not base64 at all!", True),  # declared base64, is not
+        ],
+    )
+    def test_a_body_json_cannot_read_is_malformed_not_a_500(self, booking_app, conn, body, base64_encoded):
+        event = post_booking_event(body)
+        event["isBase64Encoded"] = base64_encoded
+        status, headers, answer = invoke(booking_app, event)
+        assert (status, answer["code"]) == (400, "malformed_request")
+        assert headers["Content-Type"] == "application/problem+json"
+        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 0
+
     def test_an_oversized_body_is_413_before_parsing(self, booking_app, conn):
         status, headers, body = invoke(booking_app, post_booking_event("{" + " " * 10_240 + "}"))
         assert (status, body["code"]) == (413, "payload_too_large")

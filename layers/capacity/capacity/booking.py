@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from capacity import figures
 from capacity import repository as repo
 from capacity.db import Backoff, Database, DatabaseUnavailable, DictConnection, RetriesExhausted, RetryPolicy
 from capacity.idempotency import fingerprint
@@ -60,9 +61,12 @@ class _Attempt:
     number: int  # 1 for the first try; transient failures before it are ``failures``
     failures: tuple[str, ...]
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return _event_metadata(self.request, self.caller, self.number)
+    metadata: dict[str, Any] = field(default_factory=dict)  # what each of its events carries
+
+    @classmethod
+    def of(cls, request: BookingRequest, caller: Caller, fp: str, number: int, failures: list[str]) -> _Attempt:
+        metadata = _event_metadata(request, caller, number)
+        return cls(request, caller, fp, number, tuple(failures), metadata)
 
     @property
     def conflict_events(self) -> list[repo.Event]:
@@ -169,7 +173,7 @@ class BookingService:
     ) -> BookingResult:
         """One try of the contract's table of outcomes: replay, refuse before the write (404,
         422), refuse a closed slot (409), or the guarded write (201, or 409 when full)."""
-        attempt = _Attempt(request, caller, fp, number, tuple(failures))
+        attempt = _Attempt.of(request, caller, fp, number, failures)
         conn = self.db.connection()
         ctx = repo.load_booking_context(
             conn,
@@ -473,6 +477,6 @@ def _check_horizon(restaurant: repo.Restaurant, date: dt.date, today: dt.date) -
 
 
 def _utilization(booked: int, max_covers: int | None) -> float | None:
-    if not max_covers:
-        return None
-    return round(100.0 * booked / max_covers, 2)
+    """Percent of the slot's capacity booked (capacity.figures' utilization), None when unlimited."""
+    share = figures.utilization(booked, max_covers or 0)
+    return None if share is None else round(100.0 * share, 2)

@@ -203,7 +203,7 @@ WITH cancelled AS (
      WHERE u.restaurant_id = c.restaurant_id AND u.slot_date = c.booking_date AND u.slot_time = c.booking_time
 ), event AS (
     INSERT INTO observability_events (event_type, restaurant_id, metadata)
-    SELECT 'booking.cancelled', c.restaurant_id,
+    SELECT %(event_type)s, c.restaurant_id,
            jsonb_build_object('restaurantId', c.restaurant_id, 'date', c.booking_date,
                               'time', to_char(c.booking_time, 'HH24:MI'), 'attempts', 1,
                               'source', c.source, 'partySize', c.party_size, 'bookingId', c.id)

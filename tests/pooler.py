@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,28 +135,32 @@ class PgBouncer:
         return path.read_text()[-2000:] if path.exists() else "(no log)"
 
 
-@pytest.fixture(scope="session")
-def pooler(pg_server_url: str) -> Iterator[PgBouncer]:
-    """A pgbouncer (transaction pooling) in front of the test server, for the whole session."""
+@contextmanager
+def running_pooler(server_url: str) -> Iterator[PgBouncer]:
+    """A pgbouncer (transaction pooling) in front of ``server_url`` while the block runs."""
     if not pgbouncer_binary():
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     with tempfile.TemporaryDirectory(prefix="capacity-pgbouncer-") as tmp:
-        bouncer = PgBouncer(pg_server_url, Path(tmp))
+        bouncer = PgBouncer(server_url, Path(tmp))
         bouncer.start()
+        try:
+            yield bouncer
+        finally:
+            bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def pooler(pg_server_url: str) -> Iterator[PgBouncer]:
+    """A pgbouncer in front of the test server, for the whole session."""
+    with running_pooler(pg_server_url) as bouncer:
         yield bouncer
-        bouncer.stop()
 
 
 @pytest.fixture
 def own_pooler(pg_server_url: str) -> Iterator[PgBouncer]:
     """A pgbouncer of this test alone, which the test may stop and start (a proxy outage)."""
-    if not pgbouncer_binary():
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-    with tempfile.TemporaryDirectory(prefix="capacity-pgbouncer-") as tmp:
-        bouncer = PgBouncer(pg_server_url, Path(tmp))
-        bouncer.start()
+    with running_pooler(pg_server_url) as bouncer:
         yield bouncer
-        bouncer.stop()
 
 
 POOLED_ENV = {

@@ -137,3 +137,17 @@ def invoke_concurrently(
 ) -> list[tuple[int, dict[str, str], Any]]:
     """Every event through the instances, as many at once as there are instances; results in order."""
     return list(pool.map(_invoke_instance, events, chunksize=1))
+
+
+def assert_one_booking_for_one_key(results: list[tuple[int, dict[str, str], Any]], conn: Any) -> None:
+    """30 concurrent requests with one key: one booking, one original answer, every other 201 its
+    replay, any other answer the key's in-flight 409; one booking.success recorded."""
+    created = [body for status, _, body in results if status == 201]
+    others = [body for status, _, body in results if status != 201]
+    assert all(body["code"] == "idempotency_in_progress" for body in others)
+    assert created and all(body == created[0] for body in created)
+    assert sum(1 for status, headers, _ in results if status == 201 and "Idempotent-Replayed" not in headers) == 1
+    rows = conn.execute("SELECT id FROM bookings").fetchall()
+    assert [str(r["id"]) for r in rows] == [created[0]["booking"]["id"]]
+    events = conn.execute("SELECT event_type, count(*)::int AS n FROM observability_events GROUP BY 1").fetchall()
+    assert {e["event_type"]: e["n"] for e in events} == {"booking.success": 1}

@@ -19,6 +19,7 @@ from capctl.handlers import load_handler
 from tests.support import (
     FUTURE_DATE,
     RESTAURANT_ID,
+    assert_one_booking_for_one_key,
     booking_body,
     invoke,
     invoke_concurrently,
@@ -104,16 +105,7 @@ class TestGuardedWrite:
 class TestIdempotency:
     def test_30_concurrent_requests_with_one_key_make_one_booking(self, instances, conn):
         events = [post_booking_event(booking_body(), key="same-key") for _ in range(30)]
-        results = invoke_concurrently(instances, events)
-        created = [body for status, _, body in results if status == 201]
-        others = [body for status, _, body in results if status != 201]
-        assert all(body["code"] == "idempotency_in_progress" for body in others)
-        assert created and all(body == created[0] for body in created)
-        # exactly one answer is the original booking; every other 201 is its replay
-        assert sum(1 for status, headers, _ in results if status == 201 and "Idempotent-Replayed" not in headers) == 1
-        rows = conn.execute("SELECT id FROM bookings").fetchall()
-        assert [str(r["id"]) for r in rows] == [created[0]["booking"]["id"]]
-        assert event_types(conn) == {"booking.success": 1}
+        assert_one_booking_for_one_key(invoke_concurrently(instances, events), conn)
         assert slot_covers(conn) == 2
 
     def test_replay_returns_the_stored_status_and_body(self, booking_app, conn):

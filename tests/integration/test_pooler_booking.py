@@ -18,7 +18,14 @@ import pytest
 from capacity import repository
 from tests.integration.test_booking_path import event_types, slot_covers
 from tests.integration.test_pinning import duplicate_while_in_flight
-from tests.support import booking_body, invoke, invoke_concurrently, lambda_instances, post_booking_event
+from tests.support import (
+    assert_one_booking_for_one_key,
+    booking_body,
+    invoke,
+    invoke_concurrently,
+    lambda_instances,
+    post_booking_event,
+)
 
 pytest_plugins = ("tests.pooler",)  # pooler, own_pooler, pooled_app, pooled_app_for
 
@@ -51,15 +58,7 @@ class TestThroughThePooler:
 
     def test_30_concurrent_requests_with_one_key_make_one_booking(self, pooled_instances, conn):
         events = [post_booking_event(booking_body(), key="same-key") for _ in range(30)]
-        results = invoke_concurrently(pooled_instances, events)
-        created = [body for status, _, body in results if status == 201]
-        others = [body for status, _, body in results if status != 201]
-        assert all(body["code"] == "idempotency_in_progress" for body in others)
-        assert created and all(body == created[0] for body in created)
-        assert sum(1 for status, headers, _ in results if status == 201 and "Idempotent-Replayed" not in headers) == 1
-        rows = conn.execute("SELECT id FROM bookings").fetchall()
-        assert [str(r["id"]) for r in rows] == [created[0]["booking"]["id"]]
-        assert event_types(conn) == {"booking.success": 1}
+        assert_one_booking_for_one_key(invoke_concurrently(pooled_instances, events), conn)
 
     def test_a_duplicate_in_flight_waits_for_the_original_and_replays_it(self, pooled_app, pooler, seeded_db, conn):
         (status, headers, body), original = duplicate_while_in_flight(pooled_app, conn, pooler.url(seeded_db))

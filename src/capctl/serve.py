@@ -290,6 +290,7 @@ class Pool:
         self.waiting = 0
         self.replacements: set[asyncio.Task[None]] = set()
         self.lock = threading.Lock()  # Process.start() of one context, one thread at a time
+        self.children_before = child_pids()  # not ours to stop at close
 
     def _launch(self) -> Instance:
         parent_end, child_end = self.ctx.Pipe()
@@ -432,16 +433,36 @@ class Pool:
             if instance.in_flight == 0:
                 instance.process.join(max(0.0, deadline - time.monotonic()))
             instance.kill()
-        if isinstance(self.ctx, multiprocessing.context.ForkServerContext):
-            # Stop and reap the forkserver and the resource tracker now: where PID 1 does not reap
-            # orphans (containers), leaving them to exit on their own leaves zombies behind.
-            # A private API, hence guarded.
-            from multiprocessing import forkserver, resource_tracker
+        self._reap_helpers(everyone + self.retired)
 
-            with contextlib.suppress(Exception):
-                forkserver._forkserver._stop()  # type: ignore[attr-defined]
-            with contextlib.suppress(Exception):
-                resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+    def _reap_helpers(self, instances: list[Instance]) -> None:
+        """Stop and reap the processes multiprocessing started for the instances: the forkserver
+        and its resource tracker. They exit on their own only once this process has exited (when
+        their pipes from it close), as orphans: where PID 1 does not reap them (a container), they
+        would stay as zombies. Nothing is registered with the tracker (pipes are not tracked
+        resources), and it ignores SIGTERM, hence SIGKILL; an instance is Instance.kill's job."""
+        mine = {instance.process.pid for instance in instances}
+        with self.lock:  # no instance is being started meanwhile
+            for pid in sorted(child_pids() - self.children_before - mine):
+                # Our own unreaped child: its pid cannot have been reused.
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+
+def child_pids() -> set[int]:
+    """This process's child processes, alive or zombie (Linux /proc; elsewhere none are known)."""
+    me = os.getpid()
+    children: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]  # the comm before ")" may hold spaces
+        except (OSError, IndexError):  # it exited meanwhile
+            continue
+        if ppid == str(me):
+            children.add(int(stat.parent.name))
+    return children
 
 
 # --------------------------------------------------------------------------- gateway

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from capctl.serve import INSTANCE_HEADER, LocalApi
-from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body
+from tests.support import FUTURE_DATE, RESTAURANT_ID, ROOT, booking_body
 
 pytestmark = pytest.mark.e2e
 
@@ -433,6 +433,30 @@ def test_stopping_answers_what_is_in_flight_or_queued_and_exits_0(
         assert_problem(future.result(timeout=30), 503, "service_unavailable")
     assert pid_gone(pid)
     assert "Traceback" not in api.log_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper is a Linux prctl")
+def test_a_stopped_server_leaves_no_process_behind_not_even_a_zombie(seeded_db: str, tmp_path: Path) -> None:
+    """Where PID 1 does not reap orphans (a container), whatever `capctl serve` leaves running or
+    unreaped (its forkserver, resource tracker, an instance) stays as a zombie. Under a parent that
+    is a child subreaper, such orphans become that parent's children, where the parent sees them."""
+    log = tmp_path / "serve.log"
+    options = {"database_url": seeded_db, "env": SERVER_ENV, "instances": 3, "log_path": str(log)}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.subreaper", json.dumps(options)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+
+    assert len(report["control"]) == 1  # a deliberate orphan was seen: the check can see orphans
+    assert len(report["instances"]) == 3
+    assert report["exit"] == 0
+    assert report["leftover"] == []
+    # Stopped with public APIs only, so nothing complains on the way out.
+    text = log.read_text()
+    for noise in ("Traceback", "Warning", "BrokenPipe", "leaked", "resource_tracker", "Exception ignored"):
+        assert noise not in text
 
 
 def _raw_request(api: LocalApi, method: str, raw_path: bytes) -> tuple[int, str, bytes]:

@@ -52,7 +52,9 @@ from capacity.outcomes import LOAD_TEST_SOURCE, REQUEST_EVENTS, EventType
 from capctl import faults as fault_injection
 from capctl import history as run_history
 from capctl import report as reports
+from capctl.cleanup import CleanupResult
 from capctl.errors import UserError
+from capctl.load_report import EnsureCheck, HotSlot, LoadReport, PlanDay, PlanFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIO = Path("load/capacity-load.yml")
@@ -306,19 +308,19 @@ class Plan:
     days: dict[tuple[str, dt.date], list[dict[str, Any]]]  # (restaurant, date) -> slots before the run
     hot: list[dict[str, str]]
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "restaurants": [
-                {"id": rid, "date": date.isoformat(), "times": [s["time"] for s in slots]}
+    def file(self) -> PlanFile:
+        """What load/processor.js reads (LOAD_TEST_PLAN)."""
+        return PlanFile(
+            run_id=self.run_id,
+            restaurants=[
+                PlanDay(id=rid, date=date.isoformat(), times=[s["time"] for s in slots])
                 for (rid, date), slots in self.days.items()
                 if slots
             ],
-            "hot": self.hot,
-            # Evenings the contention phase moves on to when the hot restaurant's date is full.
-            "hotDates": [date.isoformat() for date in self.dates if self.days.get((self.hot[0]["restaurantId"], date))],
-            "maxPartySize": MAX_PARTY,
-        }
+            hot=[HotSlot.model_validate(h) for h in self.hot],
+            hot_dates=[date.isoformat() for date in self.dates if self.days.get((self.hot[0]["restaurantId"], date))],
+            max_party_size=MAX_PARTY,
+        )
 
 
 def _has_room(slot: Mapping[str, Any]) -> bool:
@@ -449,7 +451,7 @@ class Progress:
 class ArtilleryRun:
     exit_code: int | None
     output: dict[str, Any] | None
-    checks: list[reports.EnsureCheck]
+    checks: list[EnsureCheck]
     log_path: Path
 
 
@@ -749,13 +751,13 @@ def verify_by_availability(api: Api, plan: Plan, created_covers: int) -> reports
 
 @dataclass
 class LoadResult:
-    report: dict[str, Any]
+    report: LoadReport
     json_path: Path
     html_path: Path
 
     @property
     def passed(self) -> bool:
-        return bool(self.report["passed"])
+        return self.report.passed
 
 
 def run_load(
@@ -804,7 +806,7 @@ def run_load(
     try:
         with tempfile.TemporaryDirectory(prefix="capctl-load-") as tmp:
             plan_path = Path(tmp) / "plan.json"
-            plan_path.write_text(json.dumps(plan.as_json()))
+            plan_path.write_text(plan.file().dumps())
             load_started = threading.Event()
             if injector is not None:
                 injector.start(load_started)
@@ -835,7 +837,7 @@ def run_load(
         else:
             verification = verify_by_availability(api, plan, reports.counter(aggregate, "bookings.created_covers"))
         finished_at = now()
-        report = reports.build_report(
+        report = reports.make_report(
             run_id=run_id,
             started_at=started_at,
             finished_at=finished_at,
@@ -866,9 +868,9 @@ def run_load(
             )
         print(f"\n  report     {json_path}\n  html       {html_path}\n  history    {history_path}", file=out)
         if not options.keep:
-            report["cleanup"] = _cleanup(options, run_id, out)
+            report.cleanup = _cleanup(options, run_id, out)
             cleaned = True
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
+            json_path.write_text(report.dumps())
         return LoadResult(report, json_path, html_path)
     finally:
         if not cleaned and not options.keep and options.database_url:
@@ -877,7 +879,7 @@ def run_load(
                 _cleanup(options, run_id, out)
 
 
-def _cleanup(options: LoadOptions, run_id: str, out: TextIO) -> dict[str, Any] | None:
+def _cleanup(options: LoadOptions, run_id: str, out: TextIO) -> CleanupResult | None:
     if not options.database_url:
         print(
             f"  cleanup    skipped (no database access): remove the run's bookings with "
@@ -891,7 +893,7 @@ def _cleanup(options: LoadOptions, run_id: str, out: TextIO) -> dict[str, Any] |
     with connection(options.database_url) as conn:
         result = remove_synthetic(conn, source=LOAD_TEST_SOURCE, run_id=run_id)
     print(f"  cleanup    {result.describe()}", file=out)
-    return result.as_json()
+    return result
 
 
 def _display_path(path: Path) -> str:

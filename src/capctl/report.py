@@ -2,9 +2,10 @@
 self-contained HTML page with charts (uPlot and the data embedded, no network), written side by
 side as ``reports/load-tests/<UTC timestamp>.{json,txt,html}``.
 
-Everything here is pure: :func:`build_report` takes Artillery's output and the verification's
-findings and decides pass/fail; the renderers only read the finished report, so a report JSON
-can be re-rendered later (``render_html(json.load(...))``).
+Everything here is pure: :func:`make_report` takes Artillery's output and the verification's
+findings and decides pass/fail, giving the typed report (capctl.load_report); the renderers only
+read the finished report, so a report JSON can be re-rendered later
+(``render_html(LoadReport.read(json.load(...)))``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from capacity import figures
 from capacity.outcomes import OUTCOME_EVENTS, EventType
 from capctl import pages
+from capctl.load_report import (
+    ArtilleryResult,
+    Check,
+    EnsureCheck,
+    Fault,
+    HistoryCheck,
+    HotSlot,
+    LedgerMismatch,
+    LoadReport,
+    Percentiles,
+    ReportVerification,
+    SlotAfterRun,
+    SlotCovers,
+    Target,
+    TimelinePoint,
+)
 
 # Statuses the scenario accepts; anything else is a failure of the run.
 ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
@@ -28,7 +47,9 @@ ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
 
 @dataclass
 class Verification:
-    """What the checks after the run found. ``None`` = could not be checked (no database)."""
+    """What the checks after the run found, as load.py gathers them (rows of the database or of
+    availability, in the report's camelCase); :func:`make_report` types them into the report.
+    ``None`` = could not be checked (no database)."""
 
     mode: str  # "database" or "availability"
     slots: list[dict[str, Any]]
@@ -49,15 +70,6 @@ class Verification:
     cancellations_lost: int | None = None
     history_checks: list[dict[str, Any]] = field(default_factory=list)  # {"check", "passed", "detail"}
     conflicted_requests: int | None = None  # capacity.figures.CONFLICTED_SQL over the run's events
-
-
-@dataclass(frozen=True)
-class EnsureCheck:
-    check: str
-    passed: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {"check": self.check, "passed": self.passed}
 
 
 _CHECK_LINE = re.compile(r"^(?P<result>ok|fail): (?P<check>.+?)(?: \(optional\))?$")
@@ -87,7 +99,7 @@ _THRESHOLD = re.compile(r"^(?P<metric>.+?)\s*(?P<op><=|<)\s*(?P<value>\d+(?:\.\d
 _PERCENTILE = re.compile(r"^(?:p\d+|median|max|mean)$")
 
 
-def latency_thresholds(ensure: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def latency_thresholds(ensure: Iterable[EnsureCheck]) -> list[dict[str, Any]]:
     """The latency limits among the ensure checks, as Artillery prints the scenario's
     ``config.ensure`` (``http.response_time.p99 < 2500``; a per-endpoint
     ``plugins.metrics-by-endpoint.response_time.<name>.p95 < 800``; the legacy ``p99 < 2500``)
@@ -95,7 +107,7 @@ def latency_thresholds(ensure: Iterable[Mapping[str, Any]]) -> list[dict[str, An
     latencies."""
     limits = []
     for check in ensure:
-        m = _THRESHOLD.match(str(check.get("check", "")).strip())
+        m = _THRESHOLD.match(check.check.strip())
         if not m:
             continue
         metric = m["metric"]
@@ -114,7 +126,7 @@ def latency_thresholds(ensure: Iterable[Mapping[str, Any]]) -> list[dict[str, An
                 "scope": scope,
                 "percentile": percentile,
                 "valueMs": float(m["value"]),
-                "passed": bool(check.get("passed")),
+                "passed": check.passed,
             }
         )
     return limits
@@ -165,10 +177,10 @@ class _Checks:
     """The checks of a run in the order the checks table shows them."""
 
     def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
+        self.items: list[Check] = []
 
     def __call__(self, name: str, passed: bool, detail: str) -> None:
-        self.items.append({"name": name, "passed": passed, "detail": detail})
+        self.items.append(Check(name=name, passed=passed, detail=detail))
 
 
 def decide(
@@ -179,8 +191,8 @@ def decide(
     expect_rate_limit: bool = False,
     *,
     restaurant_names: Mapping[str, str] | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every check of the run as ``{name, passed, detail}``, and the failures in words."""
+) -> tuple[list[Check], list[str]]:
+    """Every check of the run, and the failures in words."""
     check = _Checks()
     over = verification.over_capacity
     check(
@@ -202,7 +214,7 @@ def decide(
         check(f"Artillery ensure: {ensure.check}", ensure.passed, "threshold held" if ensure.passed else "exceeded")
     if artillery_exit_code is not None:
         check("Artillery exit code 0", artillery_exit_code == 0, f"exit code {artillery_exit_code}")
-    failures = [f"{c['name']}: {c['detail']}" for c in check.items if not c["passed"]]
+    failures = [f"{c.name}: {c.detail}" for c in check.items if not c.passed]
     return check.items, failures
 
 
@@ -282,39 +294,40 @@ def _store_checks(check: _Checks, verification: Verification) -> None:
         check(str(history["check"]), bool(history["passed"]), str(history.get("detail", "")))
 
 
-def timeline(intermediate: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def timeline(intermediate: Sequence[Mapping[str, Any]]) -> list[TimelinePoint]:
     """Artillery's per-period entries (10 s each), reduced to what the charts draw."""
     return [_period(entry) for entry in sorted(intermediate, key=lambda e: int(e.get("period", 0)))]
 
 
-def _period(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _period(entry: Mapping[str, Any]) -> TimelinePoint:
     counters = entry.get("counters") or {}
     summaries = entry.get("summaries") or {}
     latency = summaries.get("http.response_time") or {}
     in_flight = summaries.get("load.vusers_in_flight") or {}
-    return {
-        "period": _iso_ms(int(entry.get("period", 0))),
-        "requests": int(counters.get("http.requests", 0)),
-        "requestRate": (entry.get("rates") or {}).get("http.request_rate"),
-        "bookingRequests": sum(int(v) for k, v in counters.items() if k.startswith("load.requests.")),
-        "codes": {str(code): n for code, n in status_counts(entry).items()},
-        "created": int(counters.get("bookings.created", 0)),
-        "replayed": int(counters.get("bookings.replayed", 0)),
-        "replayed201": int(counters.get("bookings.replayed_201", 0)),
-        "replayed409": int(counters.get("bookings.replayed_409", 0)),
-        "capacityExceeded": int(counters.get("bookings.refused.capacity_exceeded", 0)),
-        "slotClosed": int(counters.get("bookings.refused.slot_closed", 0)),
-        "rateLimited": int(counters.get("bookings.rate_limited", 0)),
-        "vusersCreated": int(counters.get("vusers.created", 0)),
-        "vusersCompleted": int(counters.get("vusers.completed", 0)),
-        "vusersFailed": int(counters.get("vusers.failed", 0)),
-        "latencyMs": {p: latency.get(p) for p in ("p50", "p95", "p99")},
-        "endpointLatencyMs": {
-            name: {p: summary.get(p) for p in ("p50", "p95", "p99")}
-            for name, summary in endpoint_latency(entry).items()
-        },
-        "vusersInFlight": in_flight.get("max"),
-    }
+    return TimelinePoint(
+        period=_iso_ms(int(entry.get("period", 0))),
+        requests=int(counters.get("http.requests", 0)),
+        request_rate=(entry.get("rates") or {}).get("http.request_rate"),
+        booking_requests=sum(int(v) for k, v in counters.items() if k.startswith("load.requests.")),
+        codes={str(code): n for code, n in status_counts(entry).items()},
+        created=int(counters.get("bookings.created", 0)),
+        replayed=int(counters.get("bookings.replayed", 0)),
+        replayed201=int(counters.get("bookings.replayed_201", 0)),
+        replayed409=int(counters.get("bookings.replayed_409", 0)),
+        capacity_exceeded=int(counters.get("bookings.refused.capacity_exceeded", 0)),
+        slot_closed=int(counters.get("bookings.refused.slot_closed", 0)),
+        rate_limited=int(counters.get("bookings.rate_limited", 0)),
+        vusers_created=int(counters.get("vusers.created", 0)),
+        vusers_completed=int(counters.get("vusers.completed", 0)),
+        vusers_failed=int(counters.get("vusers.failed", 0)),
+        latency_ms=_percentiles(latency),
+        endpoint_latency_ms={name: _percentiles(summary) for name, summary in endpoint_latency(entry).items()},
+        vusers_in_flight=in_flight.get("max"),
+    )
+
+
+def _percentiles(summary: Mapping[str, Any]) -> Percentiles:
+    return Percentiles(p50=summary.get("p50"), p95=summary.get("p95"), p99=summary.get("p99"))
 
 
 _BY_ENDPOINT = "plugins.metrics-by-endpoint.response_time."
@@ -335,7 +348,7 @@ def _iso_ms(epoch_ms: int) -> str:
     return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def build_report(
+def make_report(
     *,
     run_id: str,
     started_at: dt.datetime,
@@ -352,82 +365,66 @@ def build_report(
     expect_rate_limit: bool = False,
     faults: Sequence[Mapping[str, Any]] = (),
     restaurant_names: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> LoadReport:
+    """The report of a run: Artillery's output and the verification's findings, every check and
+    the verdict."""
     aggregate = dict(artillery_output["aggregate"]) if artillery_output else None
     names = {rid: str(name) for rid, name in (restaurant_names or {}).items()}
     checks, failures = decide(
         aggregate, artillery_exit_code, ensure_checks, verification, expect_rate_limit, restaurant_names=names
     )
-    return {
-        "runId": run_id,
-        "startedAt": _iso(started_at),
-        "finishedAt": _iso(finished_at),
-        "target": {
-            "baseUrl": base_url,
-            "restaurantIds": list(restaurant_ids),
-            "dates": list(dates),
-            "restaurantNames": names,
-        },
-        "scenario": scenario,
-        "artillery": {
-            "aggregate": aggregate,
-            "exitCode": artillery_exit_code,
-            "ensure": [c.as_json() for c in ensure_checks],
-        },
-        "verification": _verification_json(verification, aggregate, hot_slots, checks),
-        "events": dict(sorted(verification.events.items())),
-        "timeline": timeline(artillery_output.get("intermediate") or []) if artillery_output else [],
-        "eventsTimeline": verification.events_timeline,
-        "faults": [_fault_json(f) for f in faults],
-        "failures": failures,
-        "passed": not failures,
-    }
+    return LoadReport(
+        run_id=run_id,
+        started_at=_iso(started_at),
+        finished_at=_iso(finished_at),
+        target=Target(
+            base_url=base_url, restaurant_ids=list(restaurant_ids), dates=list(dates), restaurant_names=names
+        ),
+        scenario=scenario,
+        artillery=ArtilleryResult(aggregate=aggregate, exit_code=artillery_exit_code, ensure=list(ensure_checks)),
+        verification=_report_verification(verification, aggregate, hot_slots, checks),
+        events=dict(sorted(verification.events.items())),
+        timeline=timeline(artillery_output.get("intermediate") or []) if artillery_output else [],
+        events_timeline=verification.events_timeline,
+        faults=[Fault.model_validate(f) for f in faults],
+        failures=failures,
+        passed=not failures,
+    )
 
 
-def _verification_json(
+def build_report(**kwargs: Any) -> dict[str, Any]:
+    """The report's JSON as written (:func:`make_report`'s keywords), for callers that read the
+    document rather than the model."""
+    return make_report(**kwargs).as_json()
+
+
+def _report_verification(
     verification: Verification,
     aggregate: Mapping[str, Any] | None,
     hot_slots: Sequence[Mapping[str, Any]],
-    checks: list[dict[str, Any]],
-) -> dict[str, Any]:
-    slot_fields = ("restaurantId", "date", "time", "maxCovers", "confirmedCovers")
+    checks: list[Check],
+) -> ReportVerification:
     requests = sum(n for event, n in verification.events.items() if event in OUTCOME_EVENTS)
     conflicted = verification.conflicted_requests
-    return {
-        "mode": verification.mode,
-        "slots": verification.slots,
-        "overCapacitySlots": [{k: s[k] for k in slot_fields} for s in verification.over_capacity],
-        "responses201": responses_201(aggregate) if aggregate else 0,
-        "bookingsStored": verification.bookings_stored,
-        "duplicateIdempotencyKeys": verification.duplicate_keys,
-        "coversStored": verification.covers_stored,
-        "ledgerMismatches": verification.ledger_mismatches,
-        "hotSlots": [dict(h) for h in hot_slots],
-        "acknowledgedLost": verification.acknowledged_lost,
-        "cancellationsLost": verification.cancellations_lost,
-        "historyChecks": [dict(h) for h in verification.history_checks],
-        # capacity.figures' definition: requests that met a conflict / booking requests (outcome events).
-        "bookingRequests": requests if verification.events else None,
-        "conflictedRequests": conflicted,
-        "conflictRate": None if conflicted is None else figures.conflict_rate(conflicted, requests),
-        "checks": checks,
-        "warnings": verification.warnings,
-    }
-
-
-def _fault_json(fault: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": fault.get("kind"),
-        "startedAt": _when(fault.get("startedAt")),
-        "endedAt": _when(fault.get("endedAt")),
-        "recoveredAfterMs": fault.get("recoveredAfterMs"),
-    }
-
-
-def _when(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return value
+    return ReportVerification(
+        mode=verification.mode,
+        slots=[SlotAfterRun.model_validate(s) for s in verification.slots],
+        over_capacity_slots=[SlotCovers.model_validate(s) for s in verification.over_capacity],
+        responses201=responses_201(aggregate) if aggregate else 0,
+        bookings_stored=verification.bookings_stored,
+        duplicate_idempotency_keys=verification.duplicate_keys,
+        covers_stored=verification.covers_stored,
+        ledger_mismatches=[LedgerMismatch.model_validate(m) for m in verification.ledger_mismatches],
+        hot_slots=[HotSlot.model_validate(h) for h in hot_slots],
+        acknowledged_lost=verification.acknowledged_lost,
+        cancellations_lost=verification.cancellations_lost,
+        history_checks=[HistoryCheck.model_validate(h) for h in verification.history_checks],
+        booking_requests=requests if verification.events else None,
+        conflicted_requests=conflicted,
+        conflict_rate=None if conflicted is None else figures.conflict_rate(conflicted, requests),
+        checks=checks,
+        warnings=verification.warnings,
+    )
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -438,7 +435,7 @@ def report_stem(started_at: dt.datetime) -> str:
     return started_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def write_report(report: Mapping[str, Any], directory: Path, stem: str, *, trend_runs: int = 10) -> tuple[Path, Path]:
+def write_report(report: LoadReport, directory: Path, stem: str, *, trend_runs: int = 10) -> tuple[Path, Path]:
     """The JSON report, and beside it the human-readable summary: the terminal table as
     ``<stem>.txt`` and the HTML page with charts as ``<stem>.html`` (which compares the run with
     the last ``trend_runs`` reports of ``directory``)."""
@@ -446,31 +443,26 @@ def write_report(report: Mapping[str, Any], directory: Path, stem: str, *, trend
     json_path = directory / f"{stem}.json"
     html_path = directory / f"{stem}.html"
     earlier = earlier_reports(directory, report, limit=trend_runs)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path.write_text(report.dumps())
     html_path.write_text(render_html(report, earlier=earlier))
     (directory / f"{stem}.txt").write_text(render_table(report, max_slots=10_000, html_path=html_path) + "\n")
     return json_path, html_path
 
 
-def earlier_reports(directory: Path, report: Mapping[str, Any], *, limit: int = 10) -> list[dict[str, Any]]:
+def earlier_reports(directory: Path, report: LoadReport, *, limit: int = 10) -> list[LoadReport]:
     """The last ``limit`` load-test reports in ``directory`` of the same scenario as ``report``
     that started before it, oldest first (a smoke run is no yardstick for a full run); files that
-    are not reports (or not readable) are passed over."""
+    are not reports (or not readable) are passed over. A report of an earlier version reads
+    with defaults for what it lacks."""
     found = []
     for path in directory.glob("*.json"):
         try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
+            other = LoadReport.read(json.loads(path.read_text()))
+        except (OSError, ValueError, ValidationError):
             continue
-        if not isinstance(other, dict) or not {"runId", "startedAt", "artillery", "verification"} <= other.keys():
-            continue
-        if (
-            other["runId"] != report["runId"]
-            and other.get("scenario") == report.get("scenario")
-            and str(other["startedAt"]) < str(report["startedAt"])
-        ):
+        if other.run_id != report.run_id and other.scenario == report.scenario and other.started_at < report.started_at:
             found.append(other)
-    found.sort(key=lambda r: str(r["startedAt"]))
+    found.sort(key=lambda r: r.started_at)
     return found[-limit:] if limit > 0 else []
 
 
@@ -481,21 +473,22 @@ def _fmt_ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f} ms"
 
 
-def render_table(report: Mapping[str, Any], max_slots: int = 12, *, html_path: Path | None = None) -> str:
+def render_table(report: LoadReport, max_slots: int = 12, *, html_path: Path | None = None) -> str:
     """The summary an on-call operator reads: verdict, traffic, the fullest slots, every check,
     and where the HTML page with the charts is."""
-    aggregate = report["artillery"]["aggregate"] or {}
-    verification = report["verification"]
-    names = report["target"].get("restaurantNames") or {}
+    aggregate = report.artillery.aggregate or {}
+    verification = report.verification
+    target = report.target
+    names = target.restaurant_names
     latency = _summary(aggregate, "http.response_time")
     in_flight = _summary(aggregate, "load.vusers_in_flight")
     codes = status_counts(aggregate)
     replayed_201 = counter(aggregate, "bookings.replayed_201")
     lines = [
-        f"Load test {report['runId']}: {'PASSED' if report['passed'] else 'FAILED'}",
-        f"  target     {report['target']['baseUrl']}  dates {_dates(report['target'])}  "
-        f"restaurants {', '.join(restaurant_label(r, names) for r in report['target']['restaurantIds'])}",
-        f"  time       {report['startedAt']} -> {report['finishedAt']}",
+        f"Load test {report.run_id}: {'PASSED' if report.passed else 'FAILED'}",
+        f"  target     {target.base_url}  dates {_dates(target)}  "
+        f"restaurants {', '.join(restaurant_label(r, names) for r in target.restaurant_ids)}",
+        f"  time       {report.started_at} -> {report.finished_at}",
         f"  diners     {counter(aggregate, 'vusers.created')} created, peak in flight {in_flight.get('max', '-')}",
         f"  requests   {counter(aggregate, 'http.requests')}: "
         + ", ".join(f"{code} x{n}" for code, n in codes.items())
@@ -507,59 +500,59 @@ def render_table(report: Mapping[str, Any], max_slots: int = 12, *, html_path: P
         f"  {'':<10} {name}: p95 {_fmt_ms(s.get('p95'))}  p99 {_fmt_ms(s.get('p99'))}"
         for name, s in endpoint_latency(aggregate).items()
     ]
-    for fault in report.get("faults") or []:
+    for fault in report.faults:
         lines.append(f"  fault      {_fault_words(fault)}")
-    lines += _slot_lines(verification["slots"], names, max_slots)
+    lines += _slot_lines(verification.slots, names, max_slots)
     lines.append("")
     lines.append("  checks")
-    for c in verification["checks"]:
-        lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}")
-    for warning in verification.get("warnings") or []:
+    for c in verification.checks:
+        lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+    for warning in verification.warnings:
         lines.append(f"  warn {warning}")
-    if report["events"]:
+    if report.events:
         lines.append("")
-        lines.append("  events     " + ", ".join(f"{k} {v}" for k, v in report["events"].items()))
+        lines.append("  events     " + ", ".join(f"{k} {v}" for k, v in report.events.items()))
     if html_path is not None:
         lines.append("")
         lines.append(f"  charts     {html_path}")
     return "\n".join(lines)
 
 
-def _slot_lines(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str], max_slots: int) -> list[str]:
-    booked = sorted((s for s in slots if s.get("confirmedCovers") or s.get("byRun")), key=_fill_ratio, reverse=True)
+def _slot_lines(slots: Sequence[SlotAfterRun], names: Mapping[str, str], max_slots: int) -> list[str]:
+    booked = sorted((s for s in slots if s.confirmed_covers or s.by_run), key=_fill_ratio, reverse=True)
     if not booked:
         return []
     lines = ["", f"  {'slot':<34} {'max':>5} {'before':>7} {'after':>6} {'run':>5}  state"]
     for s in booked[:max_slots]:
-        max_covers = "-" if s["maxCovers"] is None else str(s["maxCovers"])
-        over = s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]
-        full = s["maxCovers"] is not None and s["confirmedCovers"] == s["maxCovers"]
+        max_covers = "-" if s.max_covers is None else str(s.max_covers)
+        over = s.max_covers is not None and s.confirmed_covers > s.max_covers
+        full = s.max_covers is not None and s.confirmed_covers == s.max_covers
         state = "OVER CAPACITY" if over else ("full" if full else "")
-        label = f"{restaurant_label(s['restaurantId'], names)[:16]} {s['date']} {s['time']}"
+        label = f"{restaurant_label(s.restaurant_id, names)[:16]} {s.date} {s.time}"
         lines.append(
             f"  {label:<34} {max_covers:>5} "
-            f"{_dash(s.get('bookedBefore')):>7} {s['confirmedCovers']:>6} {_dash(s.get('byRun')):>5}  {state}"
+            f"{_dash(s.booked_before):>7} {s.confirmed_covers:>6} {_dash(s.by_run):>5}  {state}"
         )
     if len(booked) > max_slots:
         lines.append(f"  ... {len(booked) - max_slots} more slots in the HTML report")
     return lines
 
 
-def _recovered(fault: Mapping[str, Any]) -> str:
-    after = fault.get("recoveredAfterMs")
+def _recovered(fault: Fault) -> str:
+    after = fault.recovered_after_ms
     return "no booking answered after it" if after is None else f"bookings answered again {after} ms after"
 
 
-def _fault_words(fault: Mapping[str, Any]) -> str:
-    return f"{fault['kind']} {fault['startedAt']} .. {fault.get('endedAt') or 'never healed'}: {_recovered(fault)}"
+def _fault_words(fault: Fault) -> str:
+    return f"{fault.kind} {fault.started_at} .. {fault.ended_at or 'never healed'}: {_recovered(fault)}"
 
 
 def _summary(metrics: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict((metrics.get("summaries") or {}).get(name) or {})
 
 
-def _dates(target: Mapping[str, Any]) -> str:
-    dates = target.get("dates") or []
+def _dates(target: Target) -> str:
+    dates = target.dates
     return "-" if not dates else (dates[0] if len(dates) == 1 else f"{dates[0]} .. {dates[-1]}")
 
 
@@ -567,30 +560,30 @@ def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _fill_ratio(slot: Mapping[str, Any]) -> float:
-    if not slot.get("maxCovers"):
+def _fill_ratio(slot: SlotAfterRun) -> float:
+    if not slot.max_covers:
         return -1.0
-    return float(slot["confirmedCovers"]) / float(slot["maxCovers"])
+    return float(slot.confirmed_covers) / float(slot.max_covers)
 
 
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(report: Mapping[str, Any], *, earlier: Sequence[Mapping[str, Any]] = ()) -> str:
+def render_html(report: LoadReport, *, earlier: Sequence[LoadReport] = ()) -> str:
     """The page (templates/report.html.j2): the checks first, then the charts, drawn by uPlot
     in the browser from the data embedded in the page; ``earlier`` reports make the trend."""
     return pages.render("report.html.j2", **html_context(report, earlier))
 
 
-def html_context(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def html_context(report: LoadReport, earlier: Sequence[LoadReport] = ()) -> dict[str, Any]:
     """Everything the template shows; ``charts`` holds each uPlot chart's spec (charts.js), its
     ``heading`` is the card's (no uPlot title: the card says it once)."""
-    aggregate = report["artillery"]["aggregate"] or {}
-    target = report["target"]
-    names = target.get("restaurantNames") or {}
-    points = report.get("timeline") or []
-    bands = fault_bands(report.get("faults") or [], until=report["finishedAt"])
-    limits = latency_thresholds(report["artillery"].get("ensure") or [])
+    aggregate = report.artillery.aggregate or {}
+    target = report.target
+    names = target.restaurant_names
+    points = report.timeline
+    bands = fault_bands(report.faults, until=report.finished_at)
+    limits = latency_thresholds(report.artillery.ensure)
     trend = trend_rows(report, earlier)
     charts = {
         "latency": latency_chart(points, limits, bands),
@@ -599,18 +592,19 @@ def html_context(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]
         "vusers": vusers_chart(points, bands),
         "statuses": statuses_chart(points, bands),
         "conflict-rate": conflict_chart(report, bands),
-        "capacity-slots": slots_chart(report["verification"], names),
+        "capacity-slots": slots_chart(report.verification, names),
         "trend": trend_chart(trend),
     }
     return {
-        "report": report,
-        "restaurants": [restaurant_label(r, names) for r in target["restaurantIds"]],
+        # The template reads the report as written, in the JSON's names.
+        "report": report.as_json(),
+        "restaurants": [restaurant_label(r, names) for r in target.restaurant_ids],
         "dates": _dates(target),
         "answers": answers(report),
         "endpoints": endpoint_rows(aggregate),
         "limits": limits,
-        "faults": [{**f, "recovered": _recovered(f)} for f in report.get("faults") or []],
-        "heatmap": capacity_heatmap(report["verification"]["slots"], names),
+        "faults": [{**f.model_dump(by_alias=True), "recovered": _recovered(f)} for f in report.faults],
+        "heatmap": capacity_heatmap(report.verification.slots, names),
         "trend": trend,
         "regressions": regressions(trend),
         "counters": {
@@ -626,16 +620,16 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
 
 
-def fault_bands(faults: Sequence[Mapping[str, Any]], *, until: str) -> list[dict[str, Any]]:
+def fault_bands(faults: Sequence[Fault], *, until: str) -> list[dict[str, Any]]:
     """Each injected fault as a shaded span of the time charts, from its start to its end (to
     ``until``, the end of the run, when it never healed)."""
     bands = []
     for fault in faults:
-        if not fault.get("startedAt"):
+        if not fault.started_at:
             continue
-        start = _epoch(fault["startedAt"])
-        end = _epoch(fault.get("endedAt") or until)
-        bands.append({"from": start, "to": max(end, start), "label": str(fault.get("kind") or "fault")})
+        start = _epoch(fault.started_at)
+        end = _epoch(fault.ended_at or until)
+        bands.append({"from": start, "to": max(end, start), "label": fault.kind or "fault"})
     return bands
 
 
@@ -649,26 +643,26 @@ def _limit_lines(limits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def latency_chart(
-    points: Sequence[Mapping[str, Any]], limits: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]
+    points: Sequence[TimelinePoint], limits: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """p95 per endpoint (metrics-by-endpoint) and p99 of all requests per period; without the
     plugin, p50/p95/p99 of all requests. Log scale: the ensure limit is far above a healthy run."""
-    endpoints = sorted({name for p in points for name in p.get("endpointLatencyMs") or {}})
+    endpoints = sorted({name for p in points for name in p.endpoint_latency_ms})
     series: list[dict[str, Any]] = [
         {
             "label": f"{name} p95",
-            "values": [((p.get("endpointLatencyMs") or {}).get(name) or {}).get("p95") for p in points],
+            "values": [p.endpoint_latency_ms[name].p95 if name in p.endpoint_latency_ms else None for p in points],
         }
         for name in endpoints
     ]
     overall = ("p99",) if endpoints else ("p50", "p95", "p99")
     series += [
-        {"label": f"all requests {q}", "values": [p["latencyMs"].get(q) for p in points], "color": _GREYS.get(q)}
+        {"label": f"all requests {q}", "values": [getattr(p.latency_ms, q) for p in points], "color": _GREYS.get(q)}
         for q in overall
     ]
     return _time_chart(
         "Latency per endpoint (per 10 s period)",
-        [_epoch(p["period"]) for p in points],
+        [_epoch(p.period) for p in points],
         series,
         yUnit=" ms",
         yLog=True,
@@ -755,37 +749,37 @@ def histogram_chart(summary: Mapping[str, Any], limits: Sequence[Mapping[str, An
     }
 
 
-def _per_second(n: float, point: Mapping[str, Any]) -> float:
+def _per_second(n: float, point: TimelinePoint) -> float:
     """``n`` of a period as a rate, over the period's window as Artillery measured it (the first
     and last periods are short); 10 s when it did not say."""
-    rate, requests = point.get("requestRate"), point.get("requests")
+    rate, requests = point.request_rate, point.requests
     if rate and requests:
         return round(n * float(rate) / float(requests), 2)
     return round(n / 10, 2)
 
 
-def throughput_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+def throughput_chart(points: Sequence[TimelinePoint], bands: list[dict[str, Any]]) -> dict[str, Any]:
     return _time_chart(
         "Requests per second",
-        [_epoch(p["period"]) for p in points],
+        [_epoch(p.period) for p in points],
         [
-            {"label": "all requests", "values": [_per_second(p["requests"], p) for p in points], "style": "area"},
-            {"label": "booking requests", "values": [_per_second(p["bookingRequests"], p) for p in points]},
-            {"label": "bookings created", "values": [_per_second(p["created"], p) for p in points]},
+            {"label": "all requests", "values": [_per_second(p.requests, p) for p in points], "style": "area"},
+            {"label": "booking requests", "values": [_per_second(p.booking_requests, p) for p in points]},
+            {"label": "bookings created", "values": [_per_second(p.created, p) for p in points]},
         ],
         yUnit=" /s",
         bands=bands,
     )
 
 
-def vusers_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+def vusers_chart(points: Sequence[TimelinePoint], bands: list[dict[str, Any]]) -> dict[str, Any]:
     return _time_chart(
         "Virtual users (diners)",
-        [_epoch(p["period"]) for p in points],
+        [_epoch(p.period) for p in points],
         [
-            {"label": "in flight (peak)", "values": [p.get("vusersInFlight") for p in points], "style": "area"},
-            {"label": "started", "values": [p.get("vusersCreated", 0) for p in points], "scale": "y2"},
-            {"label": "failed", "values": [p.get("vusersFailed", 0) for p in points], "scale": "y2"},
+            {"label": "in flight (peak)", "values": [p.vusers_in_flight for p in points], "style": "area"},
+            {"label": "started", "values": [p.vusers_created for p in points], "scale": "y2"},
+            {"label": "failed", "values": [p.vusers_failed for p in points], "scale": "y2"},
         ],
         yUnit=" diners",
         y2Unit=" per period",
@@ -793,13 +787,13 @@ def vusers_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]
     )
 
 
-def _status_values(p: Mapping[str, Any]) -> dict[str, int]:
+def _status_values(p: TimelinePoint) -> dict[str, int]:
     """A period's answers in the words of the checks table (created, replays, refusals)."""
-    codes = {int(c): n for c, n in (p.get("codes") or {}).items()}
-    capacity, closed = p.get("capacityExceeded", 0), p.get("slotClosed", 0)
+    codes = {int(c): n for c, n in p.codes.items()}
+    capacity, closed = p.capacity_exceeded, p.slot_closed
     return {
-        "201 created a booking": codes.get(201, 0) - p.get("replayed201", 0),
-        "201 replay of a duplicate": p.get("replayed201", 0),
+        "201 created a booking": codes.get(201, 0) - p.replayed201,
+        "201 replay of a duplicate": p.replayed201,
         "200 availability / reads": codes.get(200, 0),
         "409 refused: capacity_exceeded": capacity,
         "409 refused: slot_closed": closed,
@@ -812,16 +806,16 @@ def _status_values(p: Mapping[str, Any]) -> dict[str, int]:
 _STATUS_COLORS = ("#2f9e44", "#8ce99a", "#74c0fc", "#e8590c", "#f59f00", "#ffa8a8", "#7048e8", "#c92a2a")
 
 
-def statuses_chart(points: Sequence[Mapping[str, Any]], bands: list[dict[str, Any]]) -> dict[str, Any]:
+def statuses_chart(points: Sequence[TimelinePoint], bands: list[dict[str, Any]]) -> dict[str, Any]:
     per_period = [_status_values(p) for p in points]
-    labels = list(_status_values({}))
+    labels = list(_status_values(TimelinePoint(period="")))
     series = [
         {"label": label, "values": [v[label] for v in per_period], "color": color}
         for label, color in zip(labels, _STATUS_COLORS, strict=True)
         if label == labels[0] or any(v[label] for v in per_period)
     ]
     return _time_chart(
-        "Answers by status (per 10 s period)", [_epoch(p["period"]) for p in points], series, yUnit="", bands=bands
+        "Answers by status (per 10 s period)", [_epoch(p.period) for p in points], series, yUnit="", bands=bands
     )
 
 
@@ -829,26 +823,26 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else round(value * 100, 2)
 
 
-def conflict_chart(report: Mapping[str, Any], bands: list[dict[str, Any]]) -> dict[str, Any]:
+def conflict_chart(report: LoadReport, bands: list[dict[str, Any]]) -> dict[str, Any]:
     """capacity.figures' conflict rate per bucket of the run's events (requests that met a
     conflict / booking requests), and the share refused for capacity beside it."""
-    buckets = report.get("eventsTimeline") or []
+    buckets = report.events_timeline
     if buckets:
-        x = [_epoch(b["t"]) for b in buckets]
-        requests = [b.get("requests", sum(b.get(e, 0) for e in OUTCOME_EVENTS)) for b in buckets]
+        x = [_epoch(str(b["t"])) for b in buckets]
+        requests = [int(b.get("requests", sum(int(b.get(e, 0)) for e in OUTCOME_EVENTS))) for b in buckets]
         conflicts = [
-            _percent(figures.conflict_rate(b["conflicts"], n)) if "conflicts" in b else None
+            _percent(figures.conflict_rate(int(b["conflicts"]), n)) if "conflicts" in b else None
             for b, n in zip(buckets, requests, strict=True)
         ]
         refused = [
-            _percent(figures.rate(b.get(EventType.CAPACITY_EXCEEDED, 0), n))
+            _percent(figures.rate(int(b.get(EventType.CAPACITY_EXCEEDED, 0)), n))
             for b, n in zip(buckets, requests, strict=True)
         ]
     else:  # no database access: refusals as Artillery saw them, conflicts unknown
-        points = report.get("timeline") or []
-        x = [_epoch(p["period"]) for p in points]
+        points = report.timeline
+        x = [_epoch(p.period) for p in points]
         conflicts = [None for _ in points]
-        refused = [_percent(figures.rate(p["capacityExceeded"], p["bookingRequests"])) for p in points]
+        refused = [_percent(figures.rate(p.capacity_exceeded, p.booking_requests)) for p in points]
     return _time_chart(
         "Conflict rate and refusals",
         x,
@@ -862,45 +856,45 @@ def conflict_chart(report: Mapping[str, Any], bands: list[dict[str, Any]]) -> di
     )
 
 
-def slots_chart(verification: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+def slots_chart(verification: ReportVerification, names: Mapping[str, str]) -> dict[str, Any]:
     """The contended evening (the first hot slot's restaurant and date), slot by slot."""
-    hot = verification.get("hotSlots") or []
-    slots = verification["slots"]
+    hot = verification.hot_slots
+    slots = verification.slots
     if hot:
-        slots = [s for s in slots if (s["restaurantId"], s["date"]) == (hot[0]["restaurantId"], hot[0]["date"])]
-    slots = [s for s in slots if s["maxCovers"] is not None or s["confirmedCovers"]][:48]
-    where = f" — {restaurant_label(hot[0]['restaurantId'], names)} {hot[0]['date']}" if hot else ""
+        slots = [s for s in slots if (s.restaurant_id, s.date) == (hot[0].restaurant_id, hot[0].date)]
+    slots = [s for s in slots if s.max_covers is not None or s.confirmed_covers][:48]
+    where = f" — {restaurant_label(hot[0].restaurant_id, names)} {hot[0].date}" if hot else ""
     return {
         "heading": "Covers booked vs capacity, the contended evening" + where,
         "kind": "category",
         "x": list(range(len(slots))),
-        "xLabels": [s["time"] for s in slots],
+        "xLabels": [s.time for s in slots],
         "xLabelEvery": max(1, -(-len(slots) // 12)),  # a time label needs ~40 px
         "series": [
             {
                 "label": "confirmed covers",
-                "values": [s["confirmedCovers"] for s in slots],
+                "values": [s.confirmed_covers for s in slots],
                 "style": "bars",
                 "color": "#2f9e44",
             },
             {
                 "label": "booked before the run",
-                "values": [s.get("bookedBefore") for s in slots],
+                "values": [s.booked_before for s in slots],
                 "style": "bars",
                 "color": "#adb5bd",
             },
-            {"label": "capacity in force", "values": [s["maxCovers"] for s in slots], "color": "#212529"},
+            {"label": "capacity in force", "values": [s.max_covers for s in slots], "color": "#212529"},
         ],
         "yUnit": " covers",
     }
 
 
-def capacity_heatmap(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> dict[str, Any]:
+def capacity_heatmap(slots: Sequence[SlotAfterRun], names: Mapping[str, str]) -> dict[str, Any]:
     """One row per restaurant and date, one cell per slot: the darker, the fuller; red = over."""
-    times = sorted({s["time"] for s in slots})
-    rows: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    times = sorted({s.time for s in slots})
+    rows: dict[tuple[str, str], dict[str, SlotAfterRun]] = {}
     for s in slots:
-        rows.setdefault((s["restaurantId"], s["date"]), {})[s["time"]] = s
+        rows.setdefault((s.restaurant_id, s.date), {})[s.time] = s
     table = [
         {
             "label": f"{restaurant_label(rid, names)} {date}",
@@ -911,17 +905,17 @@ def capacity_heatmap(slots: Sequence[Mapping[str, Any]], names: Mapping[str, str
     return {"times": times, "rows": table, "points": len(slots)}
 
 
-def _heat_cell(slot: Mapping[str, Any] | None, restaurant: str) -> dict[str, Any] | None:
+def _heat_cell(slot: SlotAfterRun | None, restaurant: str) -> dict[str, Any] | None:
     if slot is None:
         return None
-    confirmed, max_covers = slot["confirmedCovers"], slot["maxCovers"]
+    confirmed, max_covers = slot.confirmed_covers, slot.max_covers
     limit = "unlimited" if max_covers is None else max_covers
     return {
         "text": confirmed or "",
         "color": _fill_color(confirmed, max_covers),
         "dark": max_covers is not None and (confirmed > max_covers or confirmed / max(max_covers, 1) > 0.6),
-        "title": f"{restaurant} {slot['date']} {slot['time']}: {confirmed} covers confirmed, max {limit}"
-        + (f", {slot['byRun']} by the run" if slot.get("byRun") else ""),
+        "title": f"{restaurant} {slot.date} {slot.time}: {confirmed} covers confirmed, max {limit}"
+        + (f", {slot.by_run} by the run" if slot.by_run else ""),
     }
 
 
@@ -937,15 +931,15 @@ def _fill_color(confirmed: int, max_covers: int | None) -> str:
     return f"hsl(135, 55%, {int(92 - 62 * ratio)}%)"
 
 
-def answers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+def answers(report: LoadReport) -> list[dict[str, Any]]:
     """Replays and refusals reconciled, in the words of the checks table."""
-    aggregate = report["artillery"]["aggregate"] or {}
-    verification = report["verification"]
+    aggregate = report.artillery.aggregate or {}
+    verification = report.verification
     codes = status_counts(aggregate)
     capacity = counter(aggregate, "bookings.refused.capacity_exceeded")
     closed = counter(aggregate, "bookings.refused.slot_closed")
-    stored = verification.get("bookingsStored")
-    rate = verification.get("conflictRate")
+    stored = verification.bookings_stored
+    rate = verification.conflict_rate
     return [
         {
             "what": "booking requests",
@@ -977,14 +971,14 @@ def answers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         },
         {
             "what": "refusals recorded",
-            "n": report["events"].get(EventType.CAPACITY_EXCEEDED, "not checked"),
+            "n": report.events.get(EventType.CAPACITY_EXCEEDED, "not checked"),
             "words": f"{EventType.CAPACITY_EXCEEDED} events of the run (a replay records no event)",
         },
         {
             "what": "conflict rate",
             "n": "not counted" if rate is None else f"{rate * 100:.2f} %",
-            "words": f"{_dash(verification.get('conflictedRequests'))} requests that met a conflict / "
-            f"{_dash(verification.get('bookingRequests'))} booking requests (outcome events, capacity.figures)",
+            "words": f"{_dash(verification.conflicted_requests)} requests that met a conflict / "
+            f"{_dash(verification.booking_requests)} booking requests (outcome events, capacity.figures)",
         },
     ]
 
@@ -1001,32 +995,32 @@ def endpoint_rows(aggregate: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def key_figures(report: Mapping[str, Any]) -> dict[str, Any]:
+def key_figures(report: LoadReport) -> dict[str, Any]:
     """The figures of a run that the trend compares."""
-    aggregate = report["artillery"].get("aggregate") or {}
-    verification = report.get("verification") or {}
+    aggregate = report.artillery.aggregate or {}
+    verification = report.verification
     latency = _summary(aggregate, "http.response_time")
     booking_requests = sum(v for k, v in (aggregate.get("counters") or {}).items() if k.startswith("load.requests."))
     unexpected = sum(n for c, n in status_counts(aggregate).items() if c not in ALLOWED_STATUSES)
     # A failed expectation is an answer already counted by its status.
     unexpected += sum(n for e, n in transport_errors(aggregate).items() if not e.startswith("Failed expectations"))
     return {
-        "runId": report["runId"],
-        "startedAt": report["startedAt"],
-        "scenario": report.get("scenario", ""),
-        "passed": bool(report.get("passed")),
+        "runId": report.run_id,
+        "startedAt": report.started_at,
+        "scenario": report.scenario,
+        "passed": report.passed,
         "requests": counter(aggregate, "http.requests"),
         "requestRate": (aggregate.get("rates") or {}).get("http.request_rate"),
         "p95": latency.get("p95"),
         "p99": latency.get("p99"),
-        "created": verification.get("responses201"),
+        "created": verification.responses201,
         "refused": _percent(figures.rate(counter(aggregate, "bookings.refused.capacity_exceeded"), booking_requests)),
-        "conflictRate": _percent(verification.get("conflictRate")),
+        "conflictRate": _percent(verification.conflict_rate),
         "unexpected": unexpected,
     }
 
 
-def trend_rows(report: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def trend_rows(report: LoadReport, earlier: Sequence[LoadReport]) -> list[dict[str, Any]]:
     """The earlier runs' key figures, oldest first, then this run's; ``worse`` names the figures
     of this run that are worse than the median of the earlier runs by more than a fifth."""
     rows = [{**key_figures(r), "current": False, "worse": []} for r in earlier]

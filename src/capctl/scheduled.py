@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic.alias_generators import to_camel
 
 from capacity.alerts import AlertChecker, AlertRunSummary
 from capacity.db import DictConnection
@@ -25,23 +27,28 @@ from capctl.text import plural
 MAX_HOURS = 24 * 31
 
 
-@dataclass(frozen=True, slots=True)
-class RollupReport:
+class RollupReport(BaseModel):
     """The roll-up's summary, and the hours a person asks about right after a run: the current,
     partial hour as well as the last complete one, for live and for load-test traffic."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, frozen=True)
 
     summary: RollupSummary
     current_hour: HourTotals
     current_hour_synthetic: HourTotals
     last_hour_synthetic: HourTotals
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            **self.summary.as_json(),
-            "currentHour": self.current_hour.as_json(),
-            "currentHourSynthetic": self.current_hour_synthetic.as_json(),
-            "lastHourSynthetic": self.last_hour_synthetic.as_json(),
-        }
+    @model_serializer(mode="wrap")
+    def _summary_members_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # `rollup --json` is the roll-up's own summary (as the Lambda returns it) with the hours
+        # added after its members, not nested under "summary".
+        data: dict[str, Any] = handler(self)
+        summary: dict[str, Any] = data.pop("summary")
+        return {**summary, **data}
+
+    def dumps(self) -> str:
+        """The JSON `capctl rollup --json` prints (json's number formatting, as before)."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2)
 
 
 def rollup_report(conn: DictConnection, summary: RollupSummary) -> RollupReport:
@@ -94,7 +101,7 @@ def _rollup(args: argparse.Namespace) -> int:
     with database.connection() as conn:
         report = rollup_report(conn, run_rollup(conn, hours=hours))
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        print(report.dumps())
     else:
         print(format_rollup(report))
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,7 @@ def test_plan_spreads_over_the_days_and_leaves_closed_days_out(artillery_bin: st
     opts = options({**GOOD_ENV, "ARTILLERY_BIN": artillery_bin, "LOAD_TEST_DATE": main.isoformat()}, days=3)
 
     plan = load_test.make_plan(api, opts, "run-1")  # type: ignore[arg-type]
-    doc = plan.as_json()
+    doc = json.loads(plan.file().dumps())  # the plan file the diners read
 
     assert plan.dates == [main, main + dt.timedelta(days=1), main + dt.timedelta(days=2)]
     assert len(api.calls) == 6  # every restaurant x every date, once
@@ -255,6 +256,9 @@ def test_plan_spreads_over_the_days_and_leaves_closed_days_out(artillery_bin: st
     ]
     assert doc["hotDates"] == ["2030-06-14", "2030-06-16"]
     assert [h["time"] for h in doc["hot"]] == ["19:15", "19:30", "19:45"]
+    assert doc["hot"][0] == {"restaurantId": R1, "date": "2030-06-14", "time": "19:15"}
+    assert list(doc) == ["runId", "restaurants", "hot", "hotDates", "maxPartySize"]
+    assert doc["maxPartySize"] == 4
 
 
 def test_plan_refuses_a_closed_test_date(artillery_bin: str) -> None:

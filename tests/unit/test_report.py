@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from capctl import report as reports
+from capctl.load_report import EnsureCheck, LoadReport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RESTAURANT = "6f1c2a4e-8b1d-4c3e-9a7f-1d2b3c4d5e6f"
@@ -64,26 +65,47 @@ def verification(**overrides: Any) -> reports.Verification:
     return reports.Verification(**values)
 
 
-def build(
+def smoke_run(
     output: dict[str, Any] | None,
     verified: reports.Verification,
     exit_code: int | None = 0,
-    checks: list[reports.EnsureCheck] | None = None,
+    checks: list[EnsureCheck] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
-    return reports.build_report(
-        run_id="lt-test",
-        started_at=STARTED,
-        finished_at=FINISHED,
-        base_url="http://127.0.0.1:3000",
-        restaurant_ids=[RESTAURANT],
-        dates=["2026-12-26", "2026-12-27"],
-        scenario="load/capacity-smoke.yml",
-        artillery_output=output,
-        artillery_exit_code=exit_code,
-        ensure_checks=checks if checks is not None else [reports.EnsureCheck("http.response_time.p99 < 2500", True)],
-        verification=verified,
-        hot_slots=[{"restaurantId": RESTAURANT, "date": "2026-12-26", "time": "19:15"}],
-    )
+    """make_report's keywords for a smoke run of the test restaurant; ``changes`` override them."""
+    values: dict[str, Any] = {
+        "run_id": "lt-test",
+        "started_at": STARTED,
+        "finished_at": FINISHED,
+        "base_url": "http://127.0.0.1:3000",
+        "restaurant_ids": [RESTAURANT],
+        "dates": ["2026-12-26", "2026-12-27"],
+        "scenario": "load/capacity-smoke.yml",
+        "artillery_output": output,
+        "artillery_exit_code": exit_code,
+        "ensure_checks": checks if checks is not None else [EnsureCheck("http.response_time.p99 < 2500", True)],
+        "verification": verified,
+        "hot_slots": [{"restaurantId": RESTAURANT, "date": "2026-12-26", "time": "19:15"}],
+    }
+    values.update(changes)
+    return values
+
+
+def make(
+    output: dict[str, Any] | None,
+    verified: reports.Verification,
+    exit_code: int | None = 0,
+    checks: list[EnsureCheck] | None = None,
+    **changes: Any,
+) -> LoadReport:
+    return reports.make_report(**smoke_run(output, verified, exit_code, checks, **changes))
+
+
+def build(
+    output: dict[str, Any] | None, verified: reports.Verification, exit_code: int | None = 0, **changes: Any
+) -> dict[str, Any]:
+    """The JSON ``capctl load`` writes for :func:`make`'s report."""
+    return make(output, verified, exit_code, **changes).as_json()
 
 
 # --------------------------------------------------------------------------- building
@@ -191,20 +213,7 @@ def test_unexpected_statuses_and_failed_ensure_fail_the_run(failing_output: dict
 
 
 def test_a_probe_that_met_no_usage_plan_fails(passing_output: dict[str, Any]) -> None:
-    report = reports.build_report(
-        run_id="lt-probe",
-        started_at=STARTED,
-        finished_at=FINISHED,
-        base_url="http://127.0.0.1:3000",
-        restaurant_ids=[RESTAURANT],
-        dates=["2026-12-26"],
-        scenario="load/capacity-smoke.yml",
-        artillery_output=passing_output,
-        artillery_exit_code=0,
-        ensure_checks=[],
-        verification=verification(),
-        expect_rate_limit=True,
-    )
+    report = build(passing_output, verification(), checks=[], expect_rate_limit=True)
 
     assert report["passed"] is False
     assert report["failures"] == ["the probe met the usage plan (429): 0 requests answered 429"]
@@ -254,18 +263,10 @@ def test_faults_and_restaurant_names_are_reported(passing_output: dict[str, Any]
     }
     over = slot("19:45", 44)
 
-    report = reports.build_report(
-        run_id="lt-faults",
-        started_at=STARTED,
-        finished_at=FINISHED,
-        base_url="http://127.0.0.1:3000",
-        restaurant_ids=[RESTAURANT],
-        dates=["2026-12-26"],
-        scenario="load/capacity-smoke.yml",
-        artillery_output=passing_output,
-        artillery_exit_code=0,
-        ensure_checks=[],
-        verification=verification(slots=[over], over_capacity=[over]),
+    report = build(
+        passing_output,
+        verification(slots=[over], over_capacity=[over]),
+        checks=[],
         faults=[crash],
         restaurant_names={RESTAURANT: "Trattoria Roma"},
     )
@@ -346,11 +347,11 @@ def test_conflict_rate_is_unknown_when_not_counted(passing_output: dict[str, Any
 
 def test_latency_thresholds_come_from_the_ensure_checks() -> None:
     ensure = [
-        {"check": "http.response_time.p99 < 2500", "passed": True},
-        {"check": "plugins.metrics-by-endpoint.response_time.POST /bookings.p95 <= 800.5", "passed": False},
-        {"check": "p999 < 5000", "passed": True},
-        {"check": "maxErrorRate < 0", "passed": True},
-        {"check": "vusers.session_length.p99 < 90000", "passed": True},
+        EnsureCheck("http.response_time.p99 < 2500", True),
+        EnsureCheck("plugins.metrics-by-endpoint.response_time.POST /bookings.p95 <= 800.5", False),
+        EnsureCheck("p999 < 5000", True),
+        EnsureCheck("maxErrorRate < 0", True),
+        EnsureCheck("vusers.session_length.p99 < 90000", True),
     ]
 
     limits = reports.latency_thresholds(ensure)
@@ -389,11 +390,11 @@ def test_timeline_reduces_each_period(failing_output: dict[str, Any]) -> None:
     points = reports.timeline(failing_output["intermediate"])
 
     assert len(points) == len(failing_output["intermediate"])
-    assert [p["period"] for p in points] == sorted(p["period"] for p in points)
+    assert [p.period for p in points] == sorted(p.period for p in points)
     first = min(failing_output["intermediate"], key=lambda e: int(e["period"]))
-    assert points[0]["latencyMs"]["p99"] == first["summaries"]["http.response_time"]["p99"]
-    assert points[0]["requests"] == first["counters"]["http.requests"]
-    assert sum(p["codes"].get("422", 0) for p in points) == 35
+    assert points[0].latency_ms.p99 == first["summaries"]["http.response_time"]["p99"]
+    assert points[0].requests == first["counters"]["http.requests"]
+    assert sum(p.codes.get("422", 0) for p in points) == 35
 
 
 def test_parse_ensure_checks_reads_only_the_checks_block() -> None:
@@ -408,8 +409,8 @@ def test_parse_ensure_checks_reads_only_the_checks_block() -> None:
     checks = reports.parse_ensure_checks(lines)
 
     assert checks == [
-        reports.EnsureCheck("http.response_time.p99 < 2500", True),
-        reports.EnsureCheck("maxErrorRate < 0", False),
+        EnsureCheck("http.response_time.p99 < 2500", True),
+        EnsureCheck("maxErrorRate < 0", False),
     ]
 
 
@@ -417,7 +418,7 @@ def test_parse_ensure_checks_reads_only_the_checks_block() -> None:
 
 
 def test_table_names_the_verdict_the_fullest_slots_and_every_check(passing_output: dict[str, Any]) -> None:
-    report = build(passing_output, verification())
+    report = make(passing_output, verification())
 
     table = reports.render_table(report)
 
@@ -429,7 +430,7 @@ def test_table_names_the_verdict_the_fullest_slots_and_every_check(passing_outpu
 
 def test_table_of_a_failed_run_says_what_failed(failing_output: dict[str, Any]) -> None:
     over = slot("19:45", 44)
-    report = build(failing_output, verification(slots=[over], over_capacity=[over]), exit_code=1)
+    report = make(failing_output, verification(slots=[over], over_capacity=[over]), exit_code=1)
 
     table = reports.render_table(report)
 
@@ -439,8 +440,8 @@ def test_table_of_a_failed_run_says_what_failed(failing_output: dict[str, Any]) 
 
 
 def test_table_uses_restaurant_names_and_says_where_the_charts_are(passing_output: dict[str, Any]) -> None:
-    report = build(passing_output, verification())
-    report["target"]["restaurantNames"] = {RESTAURANT: "Trattoria Roma"}
+    report = make(passing_output, verification())
+    report.target.restaurant_names = {RESTAURANT: "Trattoria Roma"}
 
     table = reports.render_table(report, html_path=Path("reports/load-tests/20261125T091207Z.html"))
 
@@ -452,9 +453,9 @@ def test_table_uses_restaurant_names_and_says_where_the_charts_are(passing_outpu
 # --------------------------------------------------------------------------- the HTML page and its charts
 
 
-def fixture_report(**changes: Any) -> dict[str, Any]:
-    """The full run of tests/fixtures/artillery-full-unexpected-422.json with the verification,
-    faults and restaurant names of tests/fixtures/report-run.json."""
+def fixture_run(**changes: Any) -> dict[str, Any]:
+    """make_report's keywords for the full run of tests/fixtures/artillery-full-unexpected-422.json
+    with the verification, faults and restaurant names of tests/fixtures/report-run.json."""
     run = load_fixture("report-run.json")
     output = load_fixture("artillery-full-unexpected-422.json")
     values: dict[str, Any] = {
@@ -474,10 +475,14 @@ def fixture_report(**changes: Any) -> dict[str, Any]:
         "restaurant_names": run["restaurantNames"],
     }
     values.update(changes)
-    return reports.build_report(**values)
+    return values
 
 
-def earlier_report(days_before: int, latency_factor: float, passed: bool = True) -> dict[str, Any]:
+def fixture_report(**changes: Any) -> LoadReport:
+    return reports.make_report(**fixture_run(**changes))
+
+
+def earlier_report(days_before: int, latency_factor: float, passed: bool = True) -> LoadReport:
     """An earlier run of the same scenario: the same traffic, latencies scaled by ``latency_factor``."""
     output = load_fixture("artillery-full-unexpected-422.json")
     summary = output["aggregate"]["summaries"]["http.response_time"]
@@ -499,17 +504,17 @@ def write_with_history(directory: Path) -> Path:
     for days, factor in ((3, 0.5), (2, 0.6), (1, 0.55)):
         reports.write_report(earlier_report(days, factor), directory, f"earlier-{days}")
     (directory / "notes.json").write_text('{"not": "a report"}')
-    smoke = earlier_report(1, 0.1) | {"runId": "lt-smoke", "scenario": "load/capacity-smoke.yml"}
+    smoke = earlier_report(1, 0.1).model_copy(update={"run_id": "lt-smoke", "scenario": "load/capacity-smoke.yml"})
     reports.write_report(smoke, directory, "smoke")  # another scenario: not in the trend
     return reports.write_report(fixture_report(), directory, "20261125T085605Z")[1]
 
 
 @pytest.fixture
-def full() -> dict[str, Any]:
+def full() -> LoadReport:
     return fixture_report()
 
 
-def test_latency_chart_draws_each_endpoint_and_the_ensure_limit(full: dict[str, Any]) -> None:
+def test_latency_chart_draws_each_endpoint_and_the_ensure_limit(full: LoadReport) -> None:
     spec = reports.html_context(full)["charts"]["latency"]
 
     assert spec["kind"] == "time"
@@ -523,9 +528,9 @@ def test_latency_chart_draws_each_endpoint_and_the_ensure_limit(full: dict[str, 
     assert spec["yLog"] is True
 
 
-def test_latency_falls_back_to_all_requests_without_the_endpoint_plugin(full: dict[str, Any]) -> None:
-    for point in full["timeline"]:
-        point.pop("endpointLatencyMs")
+def test_latency_falls_back_to_all_requests_without_the_endpoint_plugin(full: LoadReport) -> None:
+    for point in full.timeline:
+        point.endpoint_latency_ms = {}
 
     spec = reports.html_context(full)["charts"]["latency"]
 
@@ -552,7 +557,7 @@ def test_histogram_estimates_buckets_from_the_percentiles() -> None:
     assert sum(counts) == 270
 
 
-def test_histogram_draws_the_ensure_limit_between_its_buckets(full: dict[str, Any]) -> None:
+def test_histogram_draws_the_ensure_limit_between_its_buckets(full: LoadReport) -> None:
     spec = reports.html_context(full)["charts"]["latency-histogram"]
 
     assert spec["xLabels"][0] == "<5ms"
@@ -564,7 +569,7 @@ def test_histogram_draws_the_ensure_limit_between_its_buckets(full: dict[str, An
     assert spec["xThresholds"] == [{"label": "ensure p99 < 2.5 s", "value": 8.5}]
 
 
-def test_throughput_and_vusers_per_period(full: dict[str, Any]) -> None:
+def test_throughput_and_vusers_per_period(full: LoadReport) -> None:
     charts = reports.html_context(full)["charts"]
 
     throughput = {s["label"]: s["values"] for s in charts["throughput"]["series"]}
@@ -577,7 +582,7 @@ def test_throughput_and_vusers_per_period(full: dict[str, Any]) -> None:
     assert vusers["failed"][3] == 33
 
 
-def test_statuses_split_created_replays_and_refusals(full: dict[str, Any]) -> None:
+def test_statuses_split_created_replays_and_refusals(full: LoadReport) -> None:
     series = {s["label"]: s["values"] for s in reports.html_context(full)["charts"]["statuses"]["series"]}
 
     assert series["201 created a booking"][:4] == [46, 189, 277, 68]
@@ -587,29 +592,29 @@ def test_statuses_split_created_replays_and_refusals(full: dict[str, Any]) -> No
     assert "429 rate limited" not in series  # none in this run: no empty line in the legend
 
 
-def test_conflict_rate_per_bucket_is_the_figures_definition(full: dict[str, Any]) -> None:
-    buckets = full["eventsTimeline"]
+def test_conflict_rate_per_bucket_is_the_figures_definition(full: LoadReport) -> None:
+    buckets = full.events_timeline
 
     spec = reports.html_context(full)["charts"]["conflict-rate"]
 
     conflict, refused = (s["values"] for s in spec["series"])
     assert len(conflict) == len(buckets)
     for value, bucket in zip(conflict, buckets, strict=True):
-        assert value == round(bucket["conflicts"] / bucket["requests"] * 100, 2)
-    assert refused[0] == round(buckets[0]["booking.capacity_exceeded"] / buckets[0]["requests"] * 100, 2)
-    assert full["verification"]["conflictRate"] == pytest.approx(29 / 680)
+        assert value == round(int(bucket["conflicts"]) / int(bucket["requests"]) * 100, 2)
+    assert refused[0] == round(int(buckets[0]["booking.capacity_exceeded"]) / int(buckets[0]["requests"]) * 100, 2)
+    assert full.verification.conflict_rate == pytest.approx(29 / 680)
 
 
-def test_conflict_rate_is_not_made_up_from_events_without_the_count(full: dict[str, Any]) -> None:
-    for bucket in full["eventsTimeline"]:
+def test_conflict_rate_is_not_made_up_from_events_without_the_count(full: LoadReport) -> None:
+    for bucket in full.events_timeline:
         del bucket["conflicts"]
 
     spec = reports.html_context(full)["charts"]["conflict-rate"]
 
-    assert spec["series"][0]["values"] == [None] * len(full["eventsTimeline"])
+    assert spec["series"][0]["values"] == [None] * len(full.events_timeline)
 
 
-def test_faults_are_bands_on_every_time_chart(full: dict[str, Any]) -> None:
+def test_faults_are_bands_on_every_time_chart(full: LoadReport) -> None:
     charts = reports.html_context(full)["charts"]
 
     band = {"from": 1795597000.0, "to": 1795597006.5, "label": "db-crash"}
@@ -617,13 +622,14 @@ def test_faults_are_bands_on_every_time_chart(full: dict[str, Any]) -> None:
         assert charts[name]["bands"] == [band], name
 
 
-def test_a_fault_that_never_healed_is_shaded_to_the_end_of_the_run(full: dict[str, Any]) -> None:
-    full["faults"][0].update(endedAt=None, recoveredAfterMs=None)
+def test_a_fault_that_never_healed_is_shaded_to_the_end_of_the_run(full: LoadReport) -> None:
+    full.faults[0].ended_at = None
+    full.faults[0].recovered_after_ms = None
 
     context = reports.html_context(full)
 
     assert context["charts"]["latency"]["bands"] == [
-        {"from": 1795597000.0, "to": reports._epoch(full["finishedAt"]), "label": "db-crash"}
+        {"from": 1795597000.0, "to": reports._epoch(full.finished_at), "label": "db-crash"}
     ]
     assert context["faults"][0]["recovered"] == "no booking answered after it"
     assert "  fault      db-crash 2026-11-25T08:56:40.000Z .. never healed: no booking answered after it" in (
@@ -631,11 +637,10 @@ def test_a_fault_that_never_healed_is_shaded_to_the_end_of_the_run(full: dict[st
     )
 
 
-def test_heatmap_has_a_cell_per_slot_with_the_restaurant_name(full: dict[str, Any]) -> None:
+def test_heatmap_has_a_cell_per_slot_with_the_restaurant_name(full: LoadReport) -> None:
     heatmap = reports.html_context(full)["heatmap"]
 
-    slots = full["verification"]["slots"]
-    assert heatmap["points"] == len(slots)
+    assert heatmap["points"] == len(full.verification.slots)
     labels = [row["label"] for row in heatmap["rows"]]
     assert labels[:2] == ["Le Petit Bistro & Bar 2026-12-26", "Le Petit Bistro & Bar 2026-12-27"]
     roma = heatmap["rows"][2]
@@ -648,12 +653,12 @@ def test_heatmap_has_a_cell_per_slot_with_the_restaurant_name(full: dict[str, An
 def test_trend_compares_the_last_runs_and_names_the_regression(tmp_path: Path) -> None:
     directory = tmp_path / "load-tests"
     html_path = write_with_history(directory)
-    report = json.loads(html_path.with_suffix(".json").read_text())
+    report = LoadReport.read(json.loads(html_path.with_suffix(".json").read_text()))
 
     earlier = reports.earlier_reports(directory, report)
     context = reports.html_context(report, earlier)
 
-    assert [r["runId"] for r in earlier] == ["lt-earlier-3", "lt-earlier-2", "lt-earlier-1"]
+    assert [r.run_id for r in earlier] == ["lt-earlier-3", "lt-earlier-2", "lt-earlier-1"]
     spec = context["charts"]["trend"]
     p95 = next(s for s in spec["series"] if s["label"] == "p95 latency")["values"]
     assert p95 == [8.0, 9.6, 8.8, 16]
@@ -675,27 +680,28 @@ def test_page_has_every_chart_checks_first_and_the_trend(tmp_path: Path) -> None
     assert not re.search(r"<script[^>]+src=|<link|<img|@import|url\(", page, re.IGNORECASE)
 
 
-def test_a_report_written_before_these_charts_still_renders(full: dict[str, Any]) -> None:
+def test_a_report_written_before_these_charts_still_renders(full: LoadReport) -> None:
     # Reports of earlier versions lack faults, restaurant names, per-endpoint latency and rates.
+    document = full.as_json()
     for key in ("faults", "eventsTimeline"):
-        del full[key]
-    del full["target"]["restaurantNames"]
+        del document[key]
+    del document["target"]["restaurantNames"]
     for key in ("acknowledgedLost", "cancellationsLost", "historyChecks", "conflictRate", "conflictedRequests"):
-        del full["verification"][key]
-    for point in full["timeline"]:
+        del document["verification"][key]
+    for point in document["timeline"]:
         for key in ("endpointLatencyMs", "requestRate", "replayed201", "slotClosed", "vusersCreated"):
             del point[key]
 
-    page = reports.render_html(full, earlier=[fixture_report()])
+    page = reports.render_html(LoadReport.read(document), earlier=[fixture_report()])
 
     assert "None: this run injected no faults." in page
     assert "6f1c2a4e 2026-12-26" in page  # the id's first characters stand in for the name
 
 
 def test_html_escapes_what_it_shows(passing_output: dict[str, Any]) -> None:
-    report = build(passing_output, verification())
-    report["runId"] = "<script>alert(1)</script>"
-    report["target"]["restaurantNames"] = {RESTAURANT: "Bistro <b>&</b>"}
+    report = make(passing_output, verification())
+    report.run_id = "<script>alert(1)</script>"
+    report.target.restaurant_names = {RESTAURANT: "Bistro <b>&</b>"}
 
     page = reports.render_html(report)
 
@@ -705,7 +711,7 @@ def test_html_escapes_what_it_shows(passing_output: dict[str, Any]) -> None:
 
 
 def test_html_of_a_failed_run_lists_the_failures(failing_output: dict[str, Any]) -> None:
-    report = build(
+    report = make(
         failing_output, verification(bookings_stored=581, covers_stored=1424, success_events=581), exit_code=1
     )
 

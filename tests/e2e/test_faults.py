@@ -31,19 +31,12 @@ from capctl.history import Outcome
 from capctl.migrate import migrate
 from capctl.seed import SeedFile, apply_seed
 from capctl.serve import LocalApi
+from tests.e2e.serving import OPENER
 from tests.support import BASE_SEED, FUTURE_DATE, booking_body
 
 pytestmark = pytest.mark.e2e
 
-PROBLEM = "application/problem+json"
-SERVER_ENV = {
-    "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-    "POWERTOOLS_SERVICE_NAME": "capacity-engine",
-    "ENVIRONMENT": "test",
-    "POWERTOOLS_TRACE_DISABLED": "1",
-}
 EVENING = [f"{h}:{m:02d}" for h in range(17, 22) for m in (0, 15, 30, 45)]  # 20 slots of 20 covers
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 RETRYABLE = {502, 503, 504}
 
 
@@ -71,7 +64,7 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
-            with _OPENER.open(request, timeout=self.timeout_s) as response:
+            with OPENER.open(request, timeout=self.timeout_s) as response:
                 status, reply_headers, raw = response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             status, reply_headers, raw = exc.code, dict(exc.headers), exc.read()
@@ -153,22 +146,6 @@ def crash_db() -> Iterator[str]:
         with contextlib.suppress(Exception):
             server.cleanup()
         shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def api_on(tmp_path: Path) -> Iterator[Callable[..., LocalApi]]:
-    started: list[LocalApi] = []
-
-    def start(url: str, **options: Any) -> LocalApi:
-        env = {**SERVER_ENV, **options.pop("env", {})}
-        api = LocalApi(database_url=url, env=env, log_path=tmp_path / f"serve-{len(started)}.log", **options)
-        started.append(api)
-        api.start()
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
 
 
 def test_postgres_killed_hard_mid_load_is_503_then_recovers_and_loses_nothing(

@@ -8,11 +8,10 @@ import subprocess
 import pytest
 
 from capctl.serve import LocalApi
+from tests.e2e.serving import SERVER_ENV
 from tests.support import booking_body
 
 pytestmark = pytest.mark.e2e
-
-ENV = {"POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest", "ENVIRONMENT": "test"}
 
 
 def curl(url: str, *args: str) -> tuple[int, dict[str, str], dict[str, object]]:
@@ -31,7 +30,7 @@ def curl(url: str, *args: str) -> tuple[int, dict[str, str], dict[str, object]]:
 
 @pytest.mark.skipif(subprocess.run(["which", "curl"], capture_output=True, check=False).returncode, reason="no curl")
 def test_curl_d_is_415_and_json_in_capitals_books(seeded_db):
-    with LocalApi(database_url=seeded_db, instances=1, env=ENV, function_logs=False) as api:
+    with LocalApi(database_url=seeded_db, instances=1, env=SERVER_ENV, function_logs=False) as api:
         url = f"{api.base_url}/bookings"
         body = json.dumps(booking_body())
         # curl -d: application/x-www-form-urlencoded

@@ -30,16 +30,11 @@ import psycopg
 import pytest
 
 from capctl.serve import INSTANCE_HEADER, LocalApi
+from tests.e2e.serving import OPENER, PROBLEM, SERVER_ENV
 from tests.support import FUTURE_DATE, RESTAURANT_ID, ROOT, booking_body
 
 pytestmark = pytest.mark.e2e
 
-PROBLEM = "application/problem+json"
-SERVER_ENV = {
-    "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-    "POWERTOOLS_SERVICE_NAME": "capacity-engine",
-    "ENVIRONMENT": "test",
-}
 # For tests that hold a table lock: requests wait on it instead of timing out and retrying.
 WAIT_ON_LOCKS = {
     "DB_LOCK_TIMEOUT_MS": "60000",
@@ -47,7 +42,6 @@ WAIT_ON_LOCKS = {
     "BOOKING_REQUEST_BUDGET_MS": "60000",
 }
 GUEST = booking_body()["guest"]
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an environment proxy
 
 
 @dataclass
@@ -76,7 +70,7 @@ def call(
         data = json.dumps(body).encode()
     request = urllib.request.Request(api.base_url + path, data=data, method=method, headers=headers)
     try:
-        with _OPENER.open(request, timeout=30) as response:
+        with OPENER.open(request, timeout=30) as response:
             raw, status, reply_headers = response.read(), response.status, response.headers
     except urllib.error.HTTPError as exc:
         raw, status, reply_headers = exc.read(), exc.code, exc.headers
@@ -125,23 +119,6 @@ def pid_gone(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return True
     return state in ("Z", "X")  # exited; only its exit status is left to collect
-
-
-@pytest.fixture
-def serve(seeded_db: str, tmp_path: Path) -> Iterator[Callable[..., LocalApi]]:
-    """Start `capctl serve` on a free port over the seeded database; stopped after the test."""
-    started: list[LocalApi] = []
-
-    def start(**options: Any) -> LocalApi:
-        env = {**SERVER_ENV, **options.pop("env", {})}
-        api = LocalApi(database_url=seeded_db, env=env, log_path=tmp_path / f"serve-{len(started)}.log", **options)
-        started.append(api)
-        api.start()
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from capacity.alerts import AlertChecker
 from capacity.db import Database, error_fields
 from capacity.notifiers import notifiers_from_settings
 from capacity.outcomes import MetricName
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
 settings = AlertSettings.from_env()

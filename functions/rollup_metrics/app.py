@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from capacity.db import Database, error_fields
 from capacity.outcomes import MetricName
 from capacity.rollup import run_rollup
-from capacity.settings import RollupSettings
+from capacity.scheduled_settings import RollupSettings
 
 MAX_HOURS = 24 * 31
 

@@ -6,7 +6,6 @@ metric the code emits, so a metric is named here or nowhere.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -117,9 +116,11 @@ def problem_body(code: ProblemCode, detail: str, *, instance: str | None = None,
     """RFC 9457 members first, then ``instance`` (the request id) and the contract's ``code``, then
     the code's own extras: the same order for every code, whatever order the extras came in."""
     status, title = PROBLEM_TITLES[code]
-    # PROBLEM_TYPE_BASE is validated at cold start (capacity.settings); read here so that every
-    # producer of a problem (handler, booking service, local gateway) names the same documentation.
-    base = os.environ.get("PROBLEM_TYPE_BASE") or DEFAULT_PROBLEM_TYPE_BASE
+    # The one reading of PROBLEM_TYPE_BASE (capacity.settings), which the booking function's
+    # settings also validate at cold start. Imported here: settings imports this vocabulary.
+    from capacity.settings import problem_type_base
+
+    base = problem_type_base()
     body: dict[str, Any] = {"type": base + code.value, "title": title, "status": status, "detail": detail}
     if instance is not None:
         body["instance"] = instance

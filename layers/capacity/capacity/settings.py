@@ -10,20 +10,61 @@ import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE
 
-_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+if TYPE_CHECKING:
+    from capacity.scheduled_settings import DEFAULT_RUNBOOK_URL, AlertSettings, RollupSettings
+
+# The scheduled functions' settings live in capacity.scheduled_settings (the booking function's
+# cold start builds only its own); these names still resolve here, imported on first use.
+_SCHEDULED = frozenset({"AlertSettings", "RollupSettings", "DEFAULT_RUNBOOK_URL"})
+
+__all__ = [
+    "DEFAULT_RUNBOOK_URL",
+    "AlertSettings",
+    "BookingSettings",
+    "DatabaseSettings",
+    "RollupSettings",
+    "SettingsError",
+    "booking_settings",
+    "problem_type_base",
+]
 
 
-DEFAULT_RUNBOOK_URL = "https://github.com/capacity-engine/capacity-engine/blob/main/docs/capacity/runbook.md"
+def __getattr__(name: str) -> Any:
+    if name in _SCHEDULED:
+        from capacity import scheduled_settings
+
+        return getattr(scheduled_settings, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SettingsError(RuntimeError):
     pass
+
+
+_HTTP_URL = re.compile(r"https?://\S+")
+
+
+def _absolute_base(value: str) -> str:
+    if not _HTTP_URL.fullmatch(value):
+        raise ValueError("must be an absolute http(s):// URL, to which each problem code is appended")
+    return value
+
+
+def problem_type_base(env: Mapping[str, str] | None = None) -> str:
+    """PROBLEM_TYPE_BASE (empty counts as unset), checked as ``BookingSettings`` checks it at cold
+    start. Read when a problem is written rather than cached: the handler, the booking service
+    and ``capctl serve``'s gateway all name the documentation the environment names now."""
+    value = (os.environ if env is None else env).get("PROBLEM_TYPE_BASE") or DEFAULT_PROBLEM_TYPE_BASE
+    try:
+        return _absolute_base(value)
+    except ValueError as exc:
+        raise SettingsError(f"invalid setting PROBLEM_TYPE_BASE: {exc}") from None
 
 
 class _Settings(BaseModel):
@@ -94,60 +135,14 @@ class BookingSettings(DatabaseSettings):
     idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 30, alias="IDEMPOTENCY_TTL_HOURS")
     retry_after_s: int = Field(default=1, ge=1, le=120, alias="RETRY_AFTER_SECONDS")
     # A problem's ``type`` is this base followed by its code: each code is a section of the
-    # published docs/problems.md (capacity.outcomes.problem_body reads the same variable).
+    # published docs/problems.md. Validated here at cold start; ``problem_type_base`` is how
+    # every producer of a problem reads it.
     problem_type_base: str = Field(default=DEFAULT_PROBLEM_TYPE_BASE, alias="PROBLEM_TYPE_BASE")
 
     @field_validator("problem_type_base")
     @classmethod
     def _absolute_base(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://\S+", value):
-            raise ValueError("must be an absolute http(s):// URL, to which each problem code is appended")
-        return value
-
-
-class AlertSettings(DatabaseSettings):
-    alert_topic_arn: str | None = Field(default=None, alias="ALERT_TOPIC_ARN")
-    alert_webhook_url: str | None = Field(default=None, alias="ALERT_WEBHOOK_URL")
-    alert_webhook_secret_arn: str | None = Field(default=None, alias="ALERT_WEBHOOK_SECRET_ARN")
-    conflict_rate_threshold: float = Field(default=0.05, gt=0, le=1, alias="CONFLICT_RATE_THRESHOLD")
-    conflict_min_requests: int = Field(default=20, ge=1, alias="CONFLICT_MIN_REQUESTS")
-    retry_exhausted_threshold: int = Field(default=5, ge=1, alias="RETRY_EXHAUSTED_THRESHOLD")
-    alert_cooldown_minutes: int = Field(default=60, ge=1, alias="ALERT_COOLDOWN_MINUTES")
-    dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
-    # The runbook page's absolute URL; each alert kind links to its own anchor on it. The default
-    # is the runbook in this project's repository, as docs/problems.md is PROBLEM_TYPE_BASE's.
-    runbook_url: str | None = Field(default=DEFAULT_RUNBOOK_URL, alias="RUNBOOK_URL")
-    include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
-    reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
-    # "Any overbooked slot": by default every future slot with bookings (ten years ahead).
-    reconcile_future_days: int = Field(default=3660, ge=0, le=3660, alias="RECONCILE_FUTURE_DAYS")
-
-    @field_validator("alert_topic_arn")
-    @classmethod
-    def _topic_arn(cls, value: str | None) -> str | None:
-        # Checked at cold start rather than failing at the first publish.
-        if value is not None and not _TOPIC_ARN.fullmatch(value):
-            raise ValueError("must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
-        return value
-
-    @field_validator("alert_webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s):// URL")
-        return value
-
-    @field_validator("runbook_url")
-    @classmethod
-    def _absolute_url(cls, value: str | None) -> str | None:
-        # It is clicked from an email at 3 am: a relative path would lead nowhere.
-        if value is not None and not value.startswith(("https://", "http://", "file:///")):
-            raise ValueError("must be an absolute URL (https://...) of the runbook page")
-        return value.split("#", 1)[0] if value is not None else None
-
-
-class RollupSettings(DatabaseSettings):
-    rollup_hours: int = Field(default=3, ge=1, le=24 * 31, alias="ROLLUP_HOURS")
+        return _absolute_base(value)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,125 @@
+"""Each function builds only the settings it reads, and PROBLEM_TYPE_BASE has one reading.
+
+The scheduled functions' settings live in ``capacity.scheduled_settings``; ``capacity.settings``
+still answers their names (imported on first use), so nothing that imports them from there breaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capacity import scheduled_settings, settings
+from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE, ProblemCode, problem_body
+from capacity.settings import BookingSettings, SettingsError, problem_type_base
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import json, sys
+from pydantic import BaseModel
+import app
+built = {
+    c.__name__
+    for m in list(sys.modules.values()) if (getattr(m, "__name__", "") or "").startswith("capacity")
+    for c in vars(m).values() if isinstance(c, type) and issubclass(c, BaseModel) and c.__name__.endswith("Settings")
+}
+modules = [m for m in sys.modules if m.startswith("capacity")]
+print(json.dumps({"modules": sorted(modules), "settings": sorted(built)}))
+"""
+
+
+def _cold_start(function: str) -> dict[str, list[str]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "capacity"), str(ROOT / "functions" / function)]),
+        "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",  # never connected at import
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    env.pop("ALERT_TOPIC_ARN", None)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT / "functions" / function),
+        timeout=120,
+        check=True,
+    )
+    loaded: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+def test_the_booking_function_builds_only_its_own_settings_at_cold_start():
+    loaded = _cold_start("create_booking")
+    assert "capacity.booking" in loaded["modules"]
+    assert loaded["settings"] == ["BookingSettings", "DatabaseSettings", "_Settings"]
+
+
+@pytest.mark.parametrize(("function", "own"), [("check_alerts", "AlertSettings"), ("rollup_metrics", "RollupSettings")])
+def test_the_scheduled_functions_build_their_own_settings(function, own):
+    loaded = _cold_start(function)
+    assert "capacity.scheduled_settings" in loaded["modules"]
+    assert own in loaded["settings"]
+
+
+def test_the_scheduled_settings_still_resolve_from_capacity_settings():
+    assert settings.AlertSettings is scheduled_settings.AlertSettings
+    assert settings.RollupSettings is scheduled_settings.RollupSettings
+    assert settings.DEFAULT_RUNBOOK_URL == scheduled_settings.DEFAULT_RUNBOOK_URL
+    assert issubclass(settings.AlertSettings, settings.DatabaseSettings)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchSettings'"):
+        _ = settings.NoSuchSettings  # type: ignore[attr-defined]
+
+
+def test_the_split_settings_validate_as_before():
+    alert = settings.AlertSettings.from_env({"CONFLICT_RATE_THRESHOLD": "0.1", "RUNBOOK_URL": "https://w.example/r#x"})
+    assert (alert.conflict_rate_threshold, alert.runbook_url) == (0.1, "https://w.example/r")
+    assert settings.RollupSettings.from_env({"ROLLUP_HOURS": "6"}).rollup_hours == 6
+    with pytest.raises(SettingsError, match=r"^invalid setting ALERT_TOPIC_ARN: must be an SNS topic ARN"):
+        settings.AlertSettings.from_env({"ALERT_TOPIC_ARN": "topic"})
+    with pytest.raises(SettingsError, match=r"^invalid setting ROLLUP_HOURS: "):
+        settings.RollupSettings.from_env({"ROLLUP_HOURS": "0"})
+
+
+BASES = [
+    ("https://docs.example.org/problems#", True),
+    ("http://intranet/problems/", True),
+    ("/problems/", False),
+    ("docs/problems.md#", False),
+    ("https://has space/#", False),
+    ("ftp://docs.example.org/#", False),
+]
+
+
+@pytest.mark.parametrize(("base", "valid"), BASES)
+def test_problem_type_base_is_read_and_checked_as_the_settings_check_it(base, valid):
+    env = {"PROBLEM_TYPE_BASE": base}
+    if valid:
+        assert problem_type_base(env) == BookingSettings.from_env(env).problem_type_base == base
+    else:
+        message = r"^invalid setting PROBLEM_TYPE_BASE: must be an absolute http\(s\):// URL"
+        with pytest.raises(SettingsError, match=message):
+            problem_type_base(env)
+        with pytest.raises(SettingsError, match=message):
+            BookingSettings.from_env(env)
+
+
+def test_problem_type_base_defaults_when_unset_or_empty():
+    assert problem_type_base({}) == problem_type_base({"PROBLEM_TYPE_BASE": ""}) == DEFAULT_PROBLEM_TYPE_BASE
+    assert BookingSettings.from_env({"PROBLEM_TYPE_BASE": ""}).problem_type_base == DEFAULT_PROBLEM_TYPE_BASE
+
+
+def test_a_problem_names_the_base_the_environment_names(monkeypatch):
+    monkeypatch.setenv("PROBLEM_TYPE_BASE", "https://docs.example.org/p#")
+    assert problem_body(ProblemCode.SLOT_CLOSED, "x")["type"] == "https://docs.example.org/p#slot_closed"
+    monkeypatch.setenv("PROBLEM_TYPE_BASE", "not a url")
+    with pytest.raises(SettingsError, match="PROBLEM_TYPE_BASE"):
+        problem_body(ProblemCode.SLOT_CLOSED, "x")

@@ -16,6 +16,7 @@ from pydantic import Field, computed_field
 
 from capacity.camel_json import CamelJson, UtcInstant
 from capacity.db import DictConnection
+from capacity.rules import clock, in_range
 
 # Changes of one restaurant that may touch a date: its slot grid, the weekly rules of that
 # weekday, the overrides of that date. Ranges are checked in Python (``touches``).
@@ -32,11 +33,6 @@ SELECT id, restaurant_id, changed_at, actor, kind, before, after, reason
 """
 
 
-def _minutes(value: str) -> int:
-    hours, minutes = value.split(":")[:2]
-    return int(hours) * 60 + int(minutes)
-
-
 def _holds(row: dict[str, Any] | None, time: dt.time) -> bool:
     """Does this rule row's [start, end) hold the time? A row without a range holds every time."""
     if row is None:
@@ -44,8 +40,7 @@ def _holds(row: dict[str, Any] | None, time: dt.time) -> bool:
     start, end = row.get("start_time"), row.get("end_time")
     if start is None or end is None:
         return True
-    end_minutes = _minutes(end) or 24 * 60  # 00:00 as an end is midnight at the end of the day
-    return _minutes(start) <= time.hour * 60 + time.minute < end_minutes
+    return in_range(time, clock(start), clock(end))
 
 
 def _capacity(row: dict[str, Any] | None) -> str:

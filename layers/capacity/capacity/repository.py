@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from capacity.db import DictConnection
 from capacity.outcomes import EventType
-from capacity.rules import RestaurantRules
+from capacity.rules import RestaurantRules, clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +213,6 @@ SELECT * FROM cancelled
 """
 
 
-def _time(value: str) -> dt.time:
-    return dt.time.fromisoformat(value)
-
-
 def _restaurant(row: dict[str, Any]) -> Restaurant:
     rules = RestaurantRules.from_rows(row, row["weekly"], row["overrides"])
     return Restaurant(
@@ -249,7 +245,7 @@ def load_day(conn: DictConnection, restaurant_id: UUID, date: dt.date) -> tuple[
     row = conn.execute(_DAY, {"restaurant_id": restaurant_id, "date": date}).fetchone()
     if row is None:
         return None
-    usage = {_time(t): covers for t, covers in row["usage"].items()}
+    usage = {clock(t): covers for t, covers in row["usage"].items()}
     return _restaurant(row), usage
 
 

@@ -29,7 +29,7 @@ class WeeklyRule:
     max_covers: int | None
 
     def holds(self, time: dt.time) -> bool:
-        return _in_range(time, self.start, self.end)
+        return in_range(time, self.start, self.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class Override:
     def holds(self, time: dt.time) -> bool:
         if self.start is None or self.end is None:
             return True
-        return _in_range(time, self.start, self.end)
+        return in_range(time, self.start, self.end)
 
     def width_minutes(self) -> int:
         if self.start is None or self.end is None:
@@ -112,15 +112,14 @@ class RestaurantRules:
             slot_minutes=restaurant["slot_minutes"],
             max_party_size=restaurant["max_party_size"],
             weekly=tuple(
-                WeeklyRule(w["weekday"], _clock(w["start_time"]), _clock(w["end_time"]), w["max_covers"])
-                for w in weekly
+                WeeklyRule(w["weekday"], clock(w["start_time"]), clock(w["end_time"]), w["max_covers"]) for w in weekly
             ),
             overrides=tuple(
                 Override(
                     date=_day(o["override_date"]),
                     max_covers=o["max_covers"],
-                    start=_clock(o["start_time"]) if o["start_time"] is not None else None,
-                    end=_clock(o["end_time"]) if o["end_time"] is not None else None,
+                    start=clock(o["start_time"]) if o["start_time"] is not None else None,
+                    end=clock(o["end_time"]) if o["end_time"] is not None else None,
                     reason=o["reason"],
                 )
                 for o in overrides
@@ -178,7 +177,8 @@ class RestaurantRules:
         return fitting[:limit]
 
 
-def _clock(value: dt.time | str) -> dt.time:
+def clock(value: dt.time | str) -> dt.time:
+    """A time of day as psycopg returns it, or as ISO text (``to_jsonb`` of a time column)."""
     return value if isinstance(value, dt.time) else dt.time.fromisoformat(value)
 
 
@@ -201,7 +201,8 @@ def _lowest_first(max_covers: int | None) -> float:
     return float("inf") if max_covers is None else max_covers
 
 
-def _in_range(time: dt.time, start: dt.time, end: dt.time) -> bool:
+def in_range(time: dt.time, start: dt.time, end: dt.time) -> bool:
+    """Does the rule range [start, end) hold the time? An end of 00:00 is the day's end."""
     return _minutes(start) <= _minutes(time) < _end_minutes(end)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from capctl import cli
 from tests.alerting import overbook, slot_date
+from tests.command_line import on_database, one_line_error
 from tests.support import RESTAURANT_ID
 
 ALERT_ENV = ("ALERT_TOPIC_ARN", "ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET_ARN", "ALERTS_INCLUDE_LOAD_TEST")
@@ -16,10 +17,7 @@ ALERT_ENV = ("ALERT_TOPIC_ARN", "ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET_ARN",
 
 @pytest.fixture
 def on_db(seeded_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", seeded_db)
-    for name in ALERT_ENV:
-        monkeypatch.delenv(name, raising=False)
-    return seeded_db
+    return on_database(monkeypatch, seeded_db, *ALERT_ENV)
 
 
 def test_dry_run_prints_what_would_be_sent(on_db, conn, topic, capsys, monkeypatch):
@@ -64,9 +62,7 @@ def test_no_channels_is_said_plainly(on_db, capsys):
 
 def test_bad_setting_is_a_one_line_error(on_db, capsys, monkeypatch):
     monkeypatch.setenv("CONFLICT_RATE_THRESHOLD", "1.5")
-    assert cli.main(["check-alerts"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("capctl: error: invalid setting CONFLICT_RATE_THRESHOLD") and err.count("\n") == 1
+    assert one_line_error(capsys, "check-alerts").startswith("capctl: error: invalid setting CONFLICT_RATE_THRESHOLD")
 
 
 def test_another_run_in_progress(on_db, db_url, capsys):

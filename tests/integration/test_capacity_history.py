@@ -16,7 +16,7 @@ import pytest
 from capacity.alerts import AlertChecker
 from capacity.notifiers import notifiers_from_settings
 from capacity.settings import AlertSettings
-from capctl import cli
+from tests.command_line import on_database, one_line_error, run
 from tests.support import (
     BASE_SEED,
     FUTURE_DATE,
@@ -32,17 +32,9 @@ pytestmark = pytest.mark.integration
 SLOT = f"{FUTURE_DATE} 19:00"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()  # what the handler printed before (its EMF lines) is not this command's
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def on_db(seeded_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", seeded_db)
-    return seeded_db
+    return on_database(monkeypatch, seeded_db)
 
 
 def seed_file(tmp_path: Path, override: dict[str, Any] | None = None) -> str:
@@ -302,8 +294,7 @@ class TestSlotForensics:
         ],
     )
     def test_bad_input_is_one_line(self, on_db, conn, capsys, argv, message):
-        code, out, err = run(capsys, "slot", *argv)
-        assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+        assert message in one_line_error(capsys, "slot", *argv)
 
 
 class TestOperatorChangesHold:
@@ -376,8 +367,7 @@ class TestOperatorCancel:
         [("nope", "BOOKING_ID must be a UUID"), ("00000000-0000-4000-8000-000000000000", "no booking")],
     )
     def test_bad_ids_are_one_line(self, on_db, capsys, booking_id, message):
-        code, out, err = run(capsys, "booking", "cancel", booking_id)
-        assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+        assert message in one_line_error(capsys, "booking", "cancel", booking_id)
 
 
 class TestPastSlots:

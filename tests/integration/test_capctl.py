@@ -15,21 +15,15 @@ import pytest
 from capctl import cli
 from capctl.migrate import migrate
 from capctl.openapi import generate
+from tests.command_line import on_database, one_line_error, run
 from tests.support import BASE_SEED, CLOSED_DATE, FUTURE_DATE, RESTAURANT_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def on_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    return db_url
+    return on_database(monkeypatch, db_url)
 
 
 def write_seed(tmp_path: Path, data: Any) -> str:
@@ -78,8 +72,7 @@ class TestMigrate:
 
     def test_a_database_url_libpq_cannot_parse_is_a_one_line_error(self, monkeypatch, capsys):
         monkeypatch.setenv("DATABASE_URL", "garbage")
-        code, _, err = run(capsys, "verify")
-        assert code == 2 and err.startswith("capctl: error: cannot connect to the database") and err.count("\n") == 1
+        assert one_line_error(capsys, "verify").startswith("capctl: error: cannot connect to the database")
 
     def test_an_unmigrated_database_says_so(self, pg_server_url, monkeypatch, capsys):
         monkeypatch.setenv("DATABASE_URL", pg_server_url)  # the server's own database has no schema
@@ -88,13 +81,11 @@ class TestMigrate:
             assert (code, err) == (2, "capctl: error: the database has no capacity schema: run `capctl db migrate`\n")
 
     def test_an_unwritable_output_path_is_a_one_line_error(self, capsys):
-        code, _, err = run(capsys, "openapi", "--path", "/proc/no/such/openapi.json")
-        assert code == 2 and err.startswith("capctl: error: ") and err.count("\n") == 1
+        assert one_line_error(capsys, "openapi", "--path", "/proc/no/such/openapi.json").startswith("capctl: error: ")
 
     def test_unreachable_database_is_a_one_line_error(self, monkeypatch, capsys):
         monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres?connect_timeout=1")
-        code, _, err = run(capsys, "verify")
-        assert code == 2 and err.startswith("capctl: error: cannot connect to the database") and err.count("\n") == 1
+        assert one_line_error(capsys, "verify").startswith("capctl: error: cannot connect to the database")
 
 
 class TestSeed:
@@ -168,8 +159,7 @@ class TestSeed:
         ],
     )
     def test_bad_seed_is_one_line_and_changes_nothing(self, on_db, conn, tmp_path, capsys, data, message):
-        code, out, err = run(capsys, "seed", write_seed(tmp_path, data))
-        assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+        assert message in one_line_error(capsys, "seed", write_seed(tmp_path, data))
         assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
 
     def test_every_error_of_a_seed_file_is_reported_at_once_with_its_json_path(self, on_db, conn, tmp_path, capsys):
@@ -183,16 +173,14 @@ class TestSeed:
                 },
             ]
         }
-        code, out, err = run(capsys, "seed", write_seed(tmp_path, data))
-        assert code == 2 and out == "" and err.count("\n") == 1
+        err = one_line_error(capsys, "seed", write_seed(tmp_path, data))
         assert ": 3 errors: $.restaurants[0].slotMinutes: must divide the day (1440 minutes) evenly; " in err
         assert "$.restaurants[1].id: Input should be a valid UUID" in err
         assert "$.restaurants[1].weekly[0].weekdays[0]: Input should be less than or equal to 7" in err
         assert conn.execute("SELECT count(*) AS n FROM restaurants").fetchone()["n"] == 0
 
     def test_a_directory_is_not_a_seed_file(self, on_db, tmp_path, capsys):
-        code, _, err = run(capsys, "seed", str(tmp_path))
-        assert code == 2 and err.startswith("capctl: error: cannot read seed file") and err.count("\n") == 1
+        assert one_line_error(capsys, "seed", str(tmp_path)).startswith("capctl: error: cannot read seed file")
 
     def test_missing_file(self, on_db, capsys):
         code, _, err = run(capsys, "seed", "/nonexistent/seed.json")

@@ -9,14 +9,13 @@ import pytest
 
 from capctl import cli
 from tests.alerting import insert_event
+from tests.command_line import on_database, one_line_error
 from tests.support import RESTAURANT_ID
 
 
 @pytest.fixture
 def on_db(seeded_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", seeded_db)
-    monkeypatch.delenv("ROLLUP_HOURS", raising=False)
-    return seeded_db
+    return on_database(monkeypatch, seeded_db, "ROLLUP_HOURS")
 
 
 def test_rollup_json(on_db, conn, capsys):
@@ -52,9 +51,7 @@ def test_bad_hours_is_a_usage_error(on_db, capsys, hours):
 
 def test_bad_setting_is_a_one_line_error(on_db, capsys, monkeypatch):
     monkeypatch.setenv("ROLLUP_HOURS", "lots")
-    assert cli.main(["rollup"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("capctl: error: invalid setting ROLLUP_HOURS") and err.count("\n") == 1
+    assert one_line_error(capsys, "rollup").startswith("capctl: error: invalid setting ROLLUP_HOURS")
 
 
 def test_right_after_a_run_the_current_hour_is_shown(on_db, conn, capsys):

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import harness, pgbench
 from bench import http as http_load
-from bench.harness import API_KEY, DATE, TENANT, MakeWorker, Run, Slot, Worker
+from bench.harness import API_KEY, TENANT, MakeWorker, Run, Slot, Worker
 
 CONTENDERS = ("raw_sql", "engine_sql", "engine", "handler", "http")
 
@@ -32,17 +32,6 @@ HANDLER_ENV = {
 }
 
 
-def _body(slot: Slot) -> dict[str, Any]:
-    return {
-        "restaurantId": slot.restaurant,
-        "date": DATE,
-        "time": slot.time,
-        "partySize": 1,
-        "guest": {"name": "Bench Guest"},
-        "source": "bench",
-    }
-
-
 def engine_clients(url: str, slots: Sequence[Slot], clients: int, run_id: str) -> MakeWorker:
     from capacity.booking import BookingService, Caller
     from capacity.db import Database
@@ -50,7 +39,7 @@ def engine_clients(url: str, slots: Sequence[Slot], clients: int, run_id: str) -
     from capacity.settings import BookingSettings
 
     settings = BookingSettings.from_env({"DATABASE_URL": url})
-    requests = [BookingRequest.model_validate(_body(s)) for s in slots]
+    requests = [BookingRequest.model_validate(pgbench.booking_body(s)) for s in slots]
 
     def make(i: int) -> Worker:
         service = BookingService(Database(settings), settings)
@@ -71,7 +60,7 @@ def handler_clients(url: str, slots: Sequence[Slot], clients: int, run_id: str) 
     from capctl.handlers import load_handler
 
     os.environ.update({**HANDLER_ENV, "DATABASE_URL": url})
-    bodies = [json.dumps(_body(s)) for s in slots]
+    bodies = [json.dumps(pgbench.booking_body(s)) for s in slots]
 
     def make(i: int) -> Worker:
         module = load_handler("create_booking", fresh=True, instance=f"bench{i}")

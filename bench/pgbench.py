@@ -57,6 +57,18 @@ def binary() -> str:
     return found
 
 
+def booking_body(slot: Slot) -> dict[str, Any]:
+    """The booking every contender makes of a slot, the one engine_sql records included."""
+    return {
+        "restaurantId": slot.restaurant,
+        "date": DATE,
+        "time": slot.time,
+        "partySize": 1,
+        "guest": {"name": "Bench Guest"},
+        "source": "bench",
+    }
+
+
 def raw_scripts(slots: Sequence[Slot]) -> list[str]:
     return [RAW_SQL.format(restaurant=s.restaurant, date=DATE, time=s.time, cap=BIG) for s in slots]
 
@@ -90,16 +102,7 @@ def engine_scripts(url: str, slots: Sequence[Slot]) -> list[str]:
             conn = db.connection()
             conn.cursor_factory = _Recording
             _Recording.log = []
-            request = BookingRequest.model_validate(
-                {
-                    "restaurantId": slot.restaurant,
-                    "date": DATE,
-                    "time": slot.time,
-                    "partySize": 1,
-                    "guest": {"name": "Bench Guest"},
-                    "source": "bench",
-                }
-            )
+            request = BookingRequest.model_validate(booking_body(slot))
             result = service.book(request, Caller(tenant=TENANT, idempotency_key=KEY))
             if result.status != 201:
                 raise RuntimeError(f"recording booking answered {result.status}: {result.body}")

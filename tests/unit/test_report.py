@@ -680,9 +680,10 @@ def test_page_has_every_chart_checks_first_and_the_trend(tmp_path: Path) -> None
     assert not re.search(r"<script[^>]+src=|<link|<img|@import|url\(", page, re.IGNORECASE)
 
 
-def test_a_report_written_before_these_charts_still_renders(full: LoadReport) -> None:
-    # Reports of earlier versions lack faults, restaurant names, per-endpoint latency and rates.
-    document = full.as_json()
+def older_document(report: LoadReport) -> dict[str, Any]:
+    """The report as an earlier version wrote it: without faults, restaurant names, the history
+    checks and conflict figures, per-endpoint latency and rates."""
+    document = report.as_json()
     for key in ("faults", "eventsTimeline"):
         del document[key]
     del document["target"]["restaurantNames"]
@@ -691,11 +692,31 @@ def test_a_report_written_before_these_charts_still_renders(full: LoadReport) ->
     for point in document["timeline"]:
         for key in ("endpointLatencyMs", "requestRate", "replayed201", "slotClosed", "vusersCreated"):
             del point[key]
+    return document
 
-    page = reports.render_html(LoadReport.read(document), earlier=[fixture_report()])
+
+def test_a_report_written_before_these_charts_still_renders(full: LoadReport) -> None:
+    page = reports.render_html(LoadReport.read(older_document(full)), earlier=[fixture_report()])
 
     assert "None: this run injected no faults." in page
     assert "6f1c2a4e 2026-12-26" in page  # the id's first characters stand in for the name
+
+
+def test_an_earlier_report_without_the_newer_fields_is_in_the_trend(tmp_path: Path) -> None:
+    old = older_document(earlier_report(1, 0.5))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "broken.json").write_text('{"runId": "lt-broken", "startedAt": "2026-11-20T00:00:00Z"}')
+    current = fixture_report()
+
+    earlier = reports.earlier_reports(tmp_path, current)
+
+    assert [r.run_id for r in earlier] == ["lt-earlier-1"]  # the one without target/artillery is no report
+    assert earlier[0].faults == [] and earlier[0].target.restaurant_names == {}
+    assert earlier[0].verification.conflict_rate is None
+    trend = reports.html_context(current, earlier)["trend"]
+    assert [row["runId"] for row in trend] == ["lt-earlier-1", current.run_id]
+    assert trend[0]["p95"] == round(16 * 0.5, 1)
+    assert trend[0]["conflictRate"] is None
 
 
 def test_html_escapes_what_it_shows(passing_output: dict[str, Any]) -> None:

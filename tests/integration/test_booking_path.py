@@ -4,7 +4,6 @@ write under concurrency, idempotency, replays, retries, a killed connection, ref
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -16,6 +15,7 @@ from psycopg import errors
 from capacity import repository
 from capctl.apigw import rest_event
 from capctl.handlers import load_handler
+from tests.booking_checks import assert_hot_slot_booked_exactly_full, event_types, hot_slot_events, slot_covers
 from tests.support import (
     FUTURE_DATE,
     RESTAURANT_ID,
@@ -28,19 +28,6 @@ from tests.support import (
 )
 
 
-def slot_covers(conn: Any, date: str = FUTURE_DATE, time: str = "19:00") -> int:
-    row = conn.execute(
-        "SELECT coalesce(sum(party_size), 0)::int AS covers FROM bookings "
-        "WHERE status = 'confirmed' AND booking_date = %s AND booking_time = %s",
-        (date, time),
-    ).fetchone()
-    return row["covers"]
-
-
-def event_types(conn: Any) -> Counter[str]:
-    return Counter(r["event_type"] for r in conn.execute("SELECT event_type FROM observability_events"))
-
-
 @pytest.fixture
 def instances(booking_app: Any) -> Iterator[ProcessPoolExecutor]:
     """Eight independent Lambda execution environments of create_booking, one process each."""
@@ -50,17 +37,7 @@ def instances(booking_app: Any) -> Iterator[ProcessPoolExecutor]:
 
 class TestGuardedWrite:
     def test_200_concurrent_requests_on_a_20_cover_slot_book_exactly_20(self, instances, conn):
-        events = [post_booking_event(booking_body(partySize=1), key=f"hot-{n}") for n in range(200)]
-        results = invoke_concurrently(instances, events)
-        outcomes = Counter((status, body.get("code")) for status, _, body in results)
-        assert outcomes == {(201, None): 20, (409, "capacity_exceeded"): 180}
-        assert slot_covers(conn) == 20
-        usage = conn.execute("SELECT booked_covers FROM slot_usage").fetchone()
-        assert usage["booked_covers"] == 20
-        types = event_types(conn)
-        assert types["booking.success"] == 20 and types["booking.capacity_exceeded"] == 180
-        # every request recorded its outcome, and is replayable
-        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 200
+        assert_hot_slot_booked_exactly_full(invoke_concurrently(instances, hot_slot_events()), conn)
 
     def test_parties_that_do_not_fit_are_refused_even_when_covers_remain(self, booking_app, conn):
         assert invoke(booking_app, post_booking_event(booking_body(partySize=12), key="a"))[0] == 201

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 
 from capacity import repository
-from tests.integration.test_booking_path import event_types, slot_covers
+from tests.booking_checks import assert_hot_slot_booked_exactly_full, event_types, hot_slot_events, slot_covers
 from tests.integration.test_pinning import duplicate_while_in_flight
 from tests.support import (
     assert_one_booking_for_one_key,
@@ -42,15 +41,7 @@ def pooled_instances(pooled_app: Any, pooler: Any) -> Iterator[ProcessPoolExecut
 
 class TestThroughThePooler:
     def test_200_concurrent_requests_on_a_20_cover_slot_book_exactly_20(self, pooled_instances, pooler, conn):
-        events = [post_booking_event(booking_body(partySize=1), key=f"hot-{n}") for n in range(200)]
-        results = invoke_concurrently(pooled_instances, events)
-        outcomes = Counter((status, body.get("code")) for status, _, body in results)
-        assert outcomes == {(201, None): 20, (409, "capacity_exceeded"): 180}
-        assert slot_covers(conn) == 20
-        assert conn.execute("SELECT booked_covers FROM slot_usage").fetchone()["booked_covers"] == 20
-        types = event_types(conn)
-        assert types["booking.success"] == 20 and types["booking.capacity_exceeded"] == 180
-        assert conn.execute("SELECT count(*) AS n FROM idempotency_keys").fetchone()["n"] == 200
+        assert_hot_slot_booked_exactly_full(invoke_concurrently(pooled_instances, hot_slot_events()), conn)
         # the pool multiplexed: never more server connections for this database than its size
         dbname = conn.info.dbname
         servers = [s for s in pooler.show("SERVERS") if s["database"] == dbname]

@@ -54,7 +54,7 @@ from capctl import history as run_history
 from capctl import report as reports
 from capctl.cleanup import CleanupResult
 from capctl.errors import UserError
-from capctl.load_report import EnsureCheck, HotSlot, LoadReport, PlanDay, PlanFile
+from capctl.load_report import EnsureCheck, HotSlot, LedgerFinding, LoadReport, PlanDay, PlanFile, SlotFinding
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIO = Path("load/capacity-load.yml")
@@ -613,30 +613,34 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
         _slot_key(r["restaurant_id"], r["booking_date"].isoformat(), r["time"]): r["covers"]
         for r in conn.execute(_RUN_BOOKINGS_BY_SLOT, {"run_id": plan.run_id, "source": LOAD_TEST_SOURCE})
     }
-    slots: dict[tuple[str, str, str], dict[str, Any]] = {}
+    slots: dict[tuple[str, str, str], SlotFinding] = {}
     for (rid, date), before in plan.days.items():
         for s in before:
             key = _slot_key(rid, date.isoformat(), s["time"])
-            slots[key] = {
-                "restaurantId": rid,
-                "date": date.isoformat(),
-                "time": s["time"],
-                "maxCovers": s["maxCovers"],
-                "confirmedCovers": 0,
-                "bookedBefore": s["bookedCovers"],
-                "byRun": by_run.get(key, 0),
-            }
+            slots[key] = SlotFinding(
+                restaurantId=rid,
+                date=date.isoformat(),
+                time=s["time"],
+                maxCovers=s["maxCovers"],
+                confirmedCovers=0,
+                bookedBefore=s["bookedCovers"],
+                byRun=by_run.get(key, 0),
+            )
     overbooked: set[tuple[str, str, str]] = set()
     for state in states:
         row = state.as_json()
         key = _slot_key(row["restaurantId"], row["date"], row["time"])
         entry = slots.setdefault(
             key,
-            {
-                **{k: row[k] for k in ("restaurantId", "date", "time")},
-                "bookedBefore": None,
-                "byRun": by_run.get(key, 0),
-            },
+            SlotFinding(
+                restaurantId=row["restaurantId"],
+                date=row["date"],
+                time=row["time"],
+                maxCovers=None,
+                confirmedCovers=0,
+                bookedBefore=None,  # a slot availability did not show before the run
+                byRun=by_run.get(key, 0),
+            ),
         )
         # The capacity in force now, resolved from the rules (not what availability said).
         entry["maxCovers"] = row["maxCovers"]
@@ -660,13 +664,13 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
         buckets[stamp].update(requests=r["requests"], conflicts=r["conflicts"])
         conflicted += r["conflicts"]
     ledger = [
-        {
-            "restaurantId": r["restaurant_id"],
-            "date": r["slot_date"].isoformat(),
-            "time": r["time"],
-            "ledger": r["ledger"],
-            "confirmedCovers": r["confirmed"],
-        }
+        LedgerFinding(
+            restaurantId=r["restaurant_id"],
+            date=r["slot_date"].isoformat(),
+            time=r["time"],
+            ledger=r["ledger"],
+            confirmedCovers=r["confirmed"],
+        )
         for r in conn.execute(_LEDGER, {"ids": ids, "date_from": plan.dates[0], "date_to": plan.dates[-1]})
         if r["ledger"] != r["confirmed"]
     ]
@@ -716,24 +720,24 @@ def verify_history(
 
 def verify_by_availability(api: Api, plan: Plan, created_covers: int) -> reports.Verification:
     """No database: every slot's bookedCovers <= maxCovers, as the API reports them now."""
-    slots = []
+    slots: list[SlotFinding] = []
     covers_delta = 0
     for (rid, date), before_slots in plan.days.items():
         before = {s["time"]: s["bookedCovers"] for s in before_slots}
         for s in api.availability(rid, date):
             covers_delta += s["bookedCovers"] - before.get(s["time"], 0)
             slots.append(
-                {
-                    "restaurantId": rid,
-                    "date": date.isoformat(),
-                    "time": s["time"],
-                    "maxCovers": s["maxCovers"],
-                    "confirmedCovers": s["bookedCovers"],
-                    "bookedBefore": before.get(s["time"]),
-                    "byRun": None,
-                }
+                SlotFinding(
+                    restaurantId=rid,
+                    date=date.isoformat(),
+                    time=s["time"],
+                    maxCovers=s["maxCovers"],
+                    confirmedCovers=s["bookedCovers"],
+                    bookedBefore=before.get(s["time"]),
+                    byRun=None,
+                )
             )
-    over = [s for s in slots if s["maxCovers"] is not None and s["confirmedCovers"] > s["maxCovers"]]
+    over = [s for s in slots if (limit := s["maxCovers"]) is not None and s["confirmedCovers"] > limit]
     warnings = [
         "no database access: stored bookings, duplicate keys and events were not checked "
         "(availability reports the slot_usage ledger)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -67,6 +67,29 @@ class SlotAfterRun(SlotCovers):
 
     booked_before: int | None = None
     by_run: int | None = None
+
+
+class SlotFinding(TypedDict):
+    """A slot as the verification finds it (load.py), in the report's names: the row
+    :class:`SlotAfterRun` reads."""
+
+    restaurantId: str
+    date: str
+    time: str
+    maxCovers: int | None
+    confirmedCovers: int
+    bookedBefore: int | None
+    byRun: int | None
+
+
+class LedgerFinding(TypedDict):
+    """A slot whose slot_usage ledger differs from its confirmed covers (:class:`LedgerMismatch`)."""
+
+    restaurantId: str
+    date: str
+    time: str
+    ledger: int
+    confirmedCovers: int
 
 
 class HotSlot(CamelModel):

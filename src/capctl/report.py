@@ -31,12 +31,14 @@ from capctl.load_report import (
     Fault,
     HistoryCheck,
     HotSlot,
+    LedgerFinding,
     LedgerMismatch,
     LoadReport,
     Percentiles,
     ReportVerification,
     SlotAfterRun,
     SlotCovers,
+    SlotFinding,
     Target,
     TimelinePoint,
 )
@@ -52,13 +54,13 @@ class Verification:
     ``None`` = could not be checked (no database)."""
 
     mode: str  # "database" or "availability"
-    slots: list[dict[str, Any]]
-    over_capacity: list[dict[str, Any]]
+    slots: list[SlotFinding]
+    over_capacity: list[SlotFinding]
     bookings_stored: int | None = None
     covers_stored: int | None = None
     duplicate_keys: int | None = None
     success_events: int | None = None
-    ledger_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    ledger_mismatches: list[LedgerFinding] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
     # Buckets {"t": iso, <event type>: n, ...}; "requests" (outcome events) and "conflicts"
     # (requests that met a conflict, capacity.figures.CONFLICTED_SQL) when load.py counts them.

@@ -14,6 +14,13 @@ from capacity.db import Database, session_options
 from capacity.settings import DatabaseSettings, SettingsError
 
 SHOWN = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "TimeZone")
+# The login role's session defaults, as deploy.md tells an operator to set them.
+ROLE_DEFAULTS = {
+    "statement_timeout": "3s",
+    "lock_timeout": "2s",
+    "idle_in_transaction_session_timeout": "10s",
+    "TimeZone": "UTC",
+}
 
 
 def shown(db: Database) -> dict[str, str]:
@@ -41,17 +48,12 @@ def test_by_default_the_connection_sets_its_session(db_url):
 
 @pytest.fixture
 def login_role(db_url: str) -> Any:
-    """A login role with the session defaults deploy.md tells an operator to give it."""
+    """A login role with ROLE_DEFAULTS."""
     name = f"capacity_fn_{uuid.uuid4().hex[:8]}"
     role = sql.Identifier(name)
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE capacity_app").format(role))
-        for setting, value in (
-            ("statement_timeout", "3s"),
-            ("lock_timeout", "2s"),
-            ("idle_in_transaction_session_timeout", "10s"),
-            ("TimeZone", "UTC"),
-        ):
+        for setting, value in ROLE_DEFAULTS.items():
             admin.execute(
                 sql.SQL("ALTER ROLE {} SET {} = {}").format(role, sql.Identifier(setting), sql.Literal(value))
             )
@@ -66,12 +68,7 @@ def test_off_sends_no_startup_options_and_the_role_defaults_apply(login_role):
     assert session_options(settings) is None
     db = Database(settings)
     try:
-        assert shown(db) == {
-            "statement_timeout": "3s",
-            "lock_timeout": "2s",
-            "idle_in_transaction_session_timeout": "10s",
-            "TimeZone": "UTC",
-        }
+        assert shown(db) == ROLE_DEFAULTS
         # nothing of ours was sent: a statement timeout set here would have shown 9999ms
         off = DatabaseSettings.from_env(
             {"DATABASE_URL": login_role, "DB_SESSION_OPTIONS": "off", "DB_STATEMENT_TIMEOUT_MS": "9999"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,9 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes.common import CaseInsensitiveDict
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -30,15 +27,13 @@ from capacity.booking import BookingResult, BookingService, Caller, RetryExhaust
 from capacity.db import Database, error_fields
 from capacity.figures import request_conflicted
 from capacity.http import (
-    JSON_MEDIA_TYPE,
-    declared_media_type,
     media_type_refusal,
     problem_response,
     problem_result,
     validation_problem,
     with_instance,
 )
-from capacity.idempotency import KEY_PATTERN, tenant_of, valid_key
+from capacity.idempotency import KEY_PATTERN, tenant_of
 from capacity.models import (
     Availability,
     BookingCreated,
@@ -56,7 +51,22 @@ if TYPE_CHECKING:
 
 # Validated at cold start: a bad setting stops the function here, with the variable's name.
 settings = booking_settings()
-logger = Logger(service=settings.service_name)
+
+
+# The characters a JSON text can start with (after whitespace), as json.loads reads them.
+_JSON_STARTS = frozenset('{["-0123456789tfnNI')
+
+
+def _log_message(message: Any) -> Any:
+    """Powertools' formatter tries to parse every log message as JSON; for plain text that is a
+    raised and caught JSONDecodeError per line. Text that cannot start a JSON value is given back
+    as it is, which is what that failed parse gave back, and without the exception."""
+    if isinstance(message, str) and message.lstrip(" \t\n\r")[:1] not in _JSON_STARTS:
+        return message
+    return json.loads(message)
+
+
+logger = Logger(service=settings.service_name, json_deserializer=_log_message)
 metrics = Metrics(namespace=settings.metrics_namespace, service=settings.service_name)
 # No Powertools Tracer here: it imports the X-Ray SDK and botocore (~0.25 s of cold start on the
 # booking path). Lambda's active tracing still records this function's segment.
@@ -73,7 +83,7 @@ MAX_BODY_BYTES = 10_240  # far above any valid booking (notes <= 1,000 chars); t
 # Requests refused before a booking is attempted emit no metric; that is expected, not a warning.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
-RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+RUN_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
 _OUTCOME_METRIC = {
     EventType.SUCCESS: MetricName.BOOKING_SUCCESS,
@@ -88,7 +98,7 @@ _OUTCOME_METRIC = {
 # answers exactly as before (tests/unit/test_request_parsing.py holds the two side by side).
 
 _KEY_HEADER: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(pattern=KEY_PATTERN.pattern)])
-_RUN_ID_HEADER: TypeAdapter[str | None] = TypeAdapter(Annotated[str | None, Field(pattern=RUN_ID.pattern)])
+_RUN_ID_HEADER: TypeAdapter[str | None] = TypeAdapter(Annotated[str | None, Field(pattern=RUN_ID_PATTERN)])
 _BOOKING_BODY: TypeAdapter[BookingRequest] = TypeAdapter(BookingRequest)
 _DATE_QUERY: TypeAdapter[Any] = TypeAdapter(IsoDate)
 
@@ -107,14 +117,10 @@ def _parsed_by(parse: Callable[[], dict[str, Any]]) -> Callable[[Callable[..., R
     return decorate
 
 
-def _scalar(value: Any, native_multi: bool) -> Any:
-    """One parameter's value as Powertools normalised it: a list the event split is joined again,
-    a list of one is its value; a parameter really sent twice stays a list (a field error)."""
-    if isinstance(value, list) and len(value) > 1 and not native_multi and all(isinstance(v, str) for v in value):
-        value = ",".join(value)
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    return value
+def _one(value: Any) -> Any:
+    """A multi-value parameter as Powertools normalised it: a list of one is its value; a
+    parameter really sent twice stays a list (a field error)."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
 def _validated(adapter: TypeAdapter[Any], value: Any, loc: tuple[Any, ...], errors: list[Any]) -> Any:
@@ -130,15 +136,9 @@ def _missing(loc: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _header(
-    headers: Mapping[str, Any],
-    multi: Mapping[str, Any],
-    name: str,
-    adapter: TypeAdapter[Any],
-    errors: list[Any],
-    *,
-    required: bool,
+    headers: Mapping[str, Any], name: str, adapter: TypeAdapter[Any], errors: list[Any], *, required: bool
 ) -> Any:
-    value = _scalar(headers.get(name), name in multi)
+    value = _one(headers.get(name))
     if value is None:
         if required:
             errors.append(_missing(("header", name)))
@@ -148,13 +148,15 @@ def _header(
 
 def _booking_args() -> dict[str, Any]:
     event = app.current_event
-    headers = event.resolved_headers_field  # each read builds a new case-insensitive dict
-    multi = CaseInsensitiveDict(event.get("multiValueHeaders"))  # type: ignore[no-untyped-call]  # untyped upstream
+    # The headers Powertools validated: the multi-value map when the event has one (API Gateway's
+    # always does), else the single-value one; names compared case-insensitively, as there.
+    given = event.get("multiValueHeaders") or event.get("headers") or {}
+    headers = {name.lower(): value for name, value in given.items()}
     errors: list[Any] = []
-    key = _header(headers, multi, "idempotency-key", _KEY_HEADER, errors, required=True)
-    run_id = _header(headers, multi, "x-run-id", _RUN_ID_HEADER, errors, required=False)
+    key = _header(headers, "idempotency-key", _KEY_HEADER, errors, required=True)
+    run_id = _header(headers, "x-run-id", _RUN_ID_HEADER, errors, required=False)
     try:
-        body = app.current_event.json_body  # None when there is no body
+        body = event.json_body  # None when there is no body
     except json.JSONDecodeError as exc:  # alone: the header errors go unsaid, as before
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
         raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
@@ -174,12 +176,17 @@ def _booking_args() -> dict[str, Any]:
 
 def _availability_args() -> dict[str, Any]:
     event = app.current_event
+    # The multi-value map's list when there is one; else the single value, which is what
+    # Powertools' split on commas and join again gave back.
+    value = _one((event.get("multiValueQueryStringParameters") or {}).get("date"))
+    if value is None:
+        value = (event.get("queryStringParameters") or {}).get("date")
     errors: list[Any] = []
-    native_multi = event.multi_value_query_string_parameters.keys()
-    value = _scalar(event.resolved_query_string_parameters.get("date"), "date" in native_multi)
-    date = _validated(_DATE_QUERY, value, ("query", "date"), errors) if value is not None else None
+    date = None
     if value is None:
         errors.append(_missing(("query", "date")))
+    else:
+        date = _validated(_DATE_QUERY, value, ("query", "date"), errors)
     if errors:
         raise RequestValidationError(errors)
     return {"date": date}
@@ -271,15 +278,10 @@ def create_booking(
     ],
     run_id: Annotated[
         str | None,
-        Header(alias="X-Run-Id", description="Groups synthetic traffic (load-test runs)", pattern=RUN_ID.pattern),
+        Header(alias="X-Run-Id", description="Groups synthetic traffic (load-test runs)", pattern=RUN_ID_PATTERN),
     ] = None,
 ) -> Response[Any]:
-    if idempotency_key == "":
-        raise ProblemError(ProblemCode.IDEMPOTENCY_KEY_MISSING, "Send an Idempotency-Key header (1-255 visible ASCII).")
-    if not valid_key(idempotency_key):
-        raise _invalid("Idempotency-Key", "must be 1-255 visible ASCII characters")
-    if run_id is not None and not RUN_ID.fullmatch(run_id):
-        raise _invalid("X-Run-Id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    # The key and the run id have passed their patterns (`_booking_args`); an empty key is 400.
     started = time.perf_counter()
     caller = Caller(
         tenant=_tenant(),
@@ -433,12 +435,6 @@ def _booking_uuid(value: str) -> UUID:
         raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {value}.") from None
 
 
-def _invalid(field: str, message: str) -> ProblemError:
-    return ProblemError(
-        ProblemCode.VALIDATION_ERROR, f"{field}: {message}", extra={"errors": [{"field": field, "message": message}]}
-    )
-
-
 @app.exception_handler(ProblemError)
 def _on_problem(exc: ProblemError) -> Response[Any]:
     return problem_response(exc, _request_id())
@@ -468,10 +464,13 @@ def _on_error(exc: Exception) -> Response[Any]:
     return problem_response(problem, _request_id())
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request_id = (event.get("requestContext") or {}).get("requestId")
+    # The correlation id is API Gateway's request id: what correlation_paths.API_GATEWAY_REST
+    # names, read directly rather than through a JMESPath search per request.
+    logger.set_correlation_id(request_id)
     # An oversized body is refused before anything parses it.
     if len((event.get("body") or "").encode()) > MAX_BODY_BYTES:
         too_large = ProblemError(ProblemCode.PAYLOAD_TOO_LARGE, f"The request body is over {MAX_BODY_BYTES} bytes.")
@@ -486,12 +485,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def _accept_json_only(event: dict[str, Any]) -> ProblemError | None:
     """415 unless the body is declared JSON (or not declared). Powertools itself would parse a
     form or multipart body into fields, and compares the media type case-sensitively."""
-    headers = {**(event.get("multiValueHeaders") or {}), **(event.get("headers") or {})}
-    refused = media_type_refusal(headers)
-    if refused is None and declared_media_type(headers):
-        # Declared JSON in any case: hand Powertools the canonical spelling.
-        for name in ("headers", "multiValueHeaders"):
-            mapping = event.get(name) or {}
-            for key in [k for k in mapping if k.lower() == "content-type"]:
-                mapping[key] = [JSON_MEDIA_TYPE] if name == "multiValueHeaders" else JSON_MEDIA_TYPE
-    return refused
+    return media_type_refusal({**(event.get("multiValueHeaders") or {}), **(event.get("headers") or {})})

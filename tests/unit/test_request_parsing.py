@@ -175,3 +175,68 @@ def test_an_availability_query_is_parsed_as_powertools_validated_it(module, monk
         assert got[0] == 200 and asked == [expected["date"]]
     else:
         assert got == want and not asked
+
+
+def single_valued(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as a client of another shape might send it: no multi-value maps at all."""
+    return {**event, "multiValueHeaders": None, "multiValueQueryStringParameters": None}
+
+
+SINGLE_VALUED_POSTS = {
+    "valid": post(VALID),
+    "valid with a run id": post(VALID, [JSON, ("Idempotency-Key", "k"), ("X-Run-Id", "run-1")]),
+    "no key": post(VALID, [JSON]),
+    "empty key": post(VALID, [JSON, ("Idempotency-Key", "")]),
+    "key with a comma": post(VALID, [JSON, ("Idempotency-Key", "a,b")]),
+    "bad run id with a comma": post(VALID, [JSON, ("Idempotency-Key", "k"), ("X-Run-Id", "a,b c")]),
+    "lower-case header names": post(VALID, [("content-type", "application/json"), ("idempotency-key", "k")]),
+    "upper-case header names": post(VALID, [("CONTENT-TYPE", "application/json"), ("IDEMPOTENCY-KEY", "k")]),
+}
+
+
+@pytest.mark.parametrize("case", SINGLE_VALUED_POSTS)
+def test_single_valued_headers_are_parsed_as_powertools_validated_them(module, monkeypatch, case):
+    booked: list[tuple[Any, Any]] = []
+
+    def book(request: Any, caller: Any) -> BookingResult:
+        booked.append((request, caller))
+        return BookingResult(status=201, body={"stub": True}, outcome=EventType.SUCCESS)
+
+    monkeypatch.setattr(module.service, "book", book)
+    event = single_valued(SINGLE_VALUED_POSTS[case])
+    resolver, expected = reference(module, module.create_booking, "POST", "/bookings")
+    want = answer(resolver.resolve(copy.deepcopy(event), CONTEXT))
+    got = answer(module.lambda_handler(copy.deepcopy(event), CONTEXT))
+    if want[0] == 204:
+        assert got[0] == 201 and len(booked) == 1
+        caller = booked[0][1]
+        assert caller.idempotency_key == expected["idempotency_key"] and caller.run_id == expected["run_id"]
+    else:
+        assert got == want and not booked
+
+
+SINGLE_VALUED_QUERIES = {
+    "a date": [("date", FUTURE_DATE)],
+    "a date and a comma": [("date", f"{FUTURE_DATE},{FUTURE_DATE}")],
+    "an empty date": [("date", "")],
+    "no date": [("day", FUTURE_DATE)],
+}
+
+
+@pytest.mark.parametrize("case", SINGLE_VALUED_QUERIES)
+def test_a_single_valued_query_is_parsed_as_powertools_validated_it(module, monkeypatch, case):
+    asked: list[Any] = []
+
+    def day(restaurant_id: Any, date: Any) -> dict[str, Any]:
+        asked.append(date)
+        return {"stub": True}
+
+    monkeypatch.setattr(module.service, "availability", day)
+    event = single_valued(availability(SINGLE_VALUED_QUERIES[case]))
+    resolver, expected = reference(module, module.availability, "GET", "/restaurants/<restaurantId>/availability")
+    want = answer(resolver.resolve(copy.deepcopy(event), CONTEXT))
+    got = answer(module.lambda_handler(copy.deepcopy(event), CONTEXT))
+    if want[0] == 204:
+        assert got[0] == 200 and asked == [expected["date"]]
+    else:
+        assert got == want and not asked

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capctl.text import plural
+
 # After a fault ends, the service must answer a booking 201 again within this bound.
 RECOVERY_BOUND_MS = 30_000
 HISTORY_ENV = "LOAD_TEST_HISTORY"
@@ -222,7 +224,7 @@ def check_history(
         _check(
             "no key has two bookings",
             not duplicated,
-            f"{len(stored)} bookings stored, {len(duplicated)} keys with more than one",
+            f"{plural(len(stored), 'booking')} stored, {plural(len(duplicated), 'key')} with more than one",
         )
     )
     verdict.checks.append(

@@ -42,6 +42,7 @@ from capctl.load_report import (
     Target,
     TimelinePoint,
 )
+from capctl.text import plural
 
 # Statuses the scenario accepts; anything else is a failure of the run.
 ALLOWED_STATUSES = frozenset({200, 201, 409, 429})
@@ -264,13 +265,13 @@ def _store_checks(check: _Checks, verification: Verification) -> None:
         check(
             "one booking per Idempotency-Key",
             verification.duplicate_keys == 0,
-            f"{verification.duplicate_keys} keys with more than one booking",
+            f"{plural(verification.duplicate_keys, 'key')} with more than one booking",
         )
     if verification.success_events is not None and verification.bookings_stored is not None:
         check(
             f"one {EventType.SUCCESS} event per booking",
             verification.success_events == verification.bookings_stored,
-            f"{verification.success_events} events, {verification.bookings_stored} bookings",
+            f"{plural(verification.success_events, 'event')}, {plural(verification.bookings_stored, 'booking')}",
         )
     if verification.mode == "database":
         mismatches = verification.ledger_mismatches

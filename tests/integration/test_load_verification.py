@@ -170,7 +170,7 @@ def test_duplicate_idempotency_keys_are_detected(three_bookings: Any, conn: Any)
 
     assert verified.duplicate_keys == 1
     assert report["passed"] is False
-    assert "one booking per Idempotency-Key: 1 keys with more than one booking" in report["failures"]
+    assert "one booking per Idempotency-Key: 1 key with more than one booking" in report["failures"]
 
 
 def test_201_count_mismatch_is_detected(three_bookings: Any, conn: Any) -> None:
@@ -291,7 +291,7 @@ def test_a_database_with_a_duplicated_booking_fails_the_history_check(
 
     failed = [c for c in verified.history_checks if not c["passed"]]
     assert [c["check"] for c in failed] == ["no key has two bookings"]
-    assert "1 keys with more than one" in failed[0]["detail"]
+    assert "1 key with more than one" in failed[0]["detail"]
 
 
 def test_a_fault_that_did_not_heal_or_an_empty_history_fails(three_bookings: Any, conn: Any, tmp_path: Any) -> None:

@@ -6,54 +6,26 @@ still answers their names (imported on first use), so nothing that imports them 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from capacity import scheduled_settings, settings
 from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE, ProblemCode, problem_body
 from capacity.settings import BookingSettings, SettingsError, problem_type_base
+from tests.unit.test_cold_start import cold_start
 
-ROOT = Path(__file__).resolve().parents[2]
-
-PROBE = """
-import json, sys
-from pydantic import BaseModel
-import app
-built = {
-    c.__name__
-    for m in list(sys.modules.values()) if (getattr(m, "__name__", "") or "").startswith("capacity")
-    for c in vars(m).values() if isinstance(c, type) and issubclass(c, BaseModel) and c.__name__.endswith("Settings")
-}
-modules = [m for m in sys.modules if m.startswith("capacity")]
-print(json.dumps({"modules": sorted(modules), "settings": sorted(built)}))
-"""
+# Every pydantic settings class of the layer that the function's import left in memory.
+BUILT_SETTINGS = (
+    "sorted({c.__name__ for m in list(sys.modules.values()) if (getattr(m, '__name__', '') or '').startswith('capacity')"
+    " for c in vars(m).values() if isinstance(c, type) and c.__name__.endswith('Settings')"
+    " and hasattr(c, 'model_fields')})"
+)
 
 
 def _cold_start(function: str) -> dict[str, list[str]]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "capacity"), str(ROOT / "functions" / function)]),
-        "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",  # never connected at import
-        "POWERTOOLS_TRACE_DISABLED": "1",
-        "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }
-    env.pop("ALERT_TOPIC_ARN", None)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(ROOT / "functions" / function),
-        timeout=120,
-        check=True,
+    loaded: dict[str, list[str]] = cold_start(
+        function,
+        f"{{'modules': sorted(m for m in sys.modules if m.startswith('capacity')), 'settings': {BUILT_SETTINGS}}}",
     )
-    loaded: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
     return loaded
 
 

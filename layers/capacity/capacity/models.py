@@ -142,7 +142,15 @@ def format_timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+# The problem models describe problem+json in the OpenAPI document and nowhere else: problems
+# are written by ``outcomes.problem_body``. Their validators are built when the document (or a
+# test) first asks for them, not at each cold start of the booking function.
+_DOCUMENT_ONLY = ConfigDict(defer_build=True)
+
+
 class FieldError(BaseModel):
+    model_config = _DOCUMENT_ONLY
+
     field: str
     message: str
 
@@ -150,6 +158,8 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """RFC 9457 problem details, with the contract's machine-readable ``code``; members in this
     order for every code (docs/problems.md)."""
+
+    model_config = _DOCUMENT_ONLY
 
     type: str = Field(description="Absolute URI of the code's section in docs/problems.md")
     title: str

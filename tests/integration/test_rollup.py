@@ -7,10 +7,12 @@ import datetime as dt
 import json
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from capacity import rollup
+from capacity.reconcile import load_rules
 from capacity.rollup import run_rollup
 from tests.alerting import OTHER_ID, insert_booking, insert_event, other_restaurant
 from tests.support import RESTAURANT_ID, UNLIMITED_DATE
@@ -158,6 +160,85 @@ class TestFigures:
     def test_no_restaurants_no_rows(self, db_url, conn):
         summary = run_rollup(conn, hours=2, now=NOW)
         assert (summary.live.rows, summary.synthetic.rows, summary.last_hour.requests) == (0, 0, 0)
+
+
+# (time zone, slot minutes, weekly ranges with their covers): two London restaurants share a
+# grid with different rules, a third has another grid; the others have odd offsets, a 30-minute
+# daylight saving shift (Lord Howe) and a day the clocks skipped (Apia, 2011-12-30).
+AWKWARD = [
+    ("Europe/London", 15, [("00:00", "00:00", 10)]),
+    ("Europe/London", 15, [("00:00", "12:00", None), ("12:00", "00:00", 4), ("18:00", "19:00", 0)]),
+    ("Europe/London", 20, [("00:00", "00:00", 7)]),
+    ("Australia/Lord_Howe", 30, [("00:00", "00:00", 5)]),
+    ("Pacific/Apia", 60, [("00:00", "00:00", 3)]),
+    ("Asia/Kathmandu", 15, [("00:00", "00:00", 2)]),
+    ("America/St_Johns", 45, [("01:30", "23:00", 6)]),
+]
+WINDOWS = [
+    dt.datetime(2030, 3, 31, 0, tzinfo=dt.UTC),  # London's clocks go forward at 01:00 UTC
+    dt.datetime(2030, 10, 27, 0, tzinfo=dt.UTC),  # and back
+    dt.datetime(2030, 4, 6, 14, tzinfo=dt.UTC),  # Lord Howe back by 30 minutes at 15:00 UTC
+    dt.datetime(2011, 12, 30, 8, tzinfo=dt.UTC),  # Apia from UTC-10 to UTC+14 at 10:00 UTC
+    dt.datetime(2030, 6, 14, 16, tzinfo=dt.UTC),
+]
+
+
+def _slots_one_by_one(conn: Any, start: dt.datetime, end: dt.datetime) -> list[rollup.SlotCapacity]:
+    """The window's slots as the roll-up resolved them before it shared the work per time zone
+    and grid: every grid time of every restaurant, one by one."""
+    restaurants = conn.execute("SELECT id, timezone FROM restaurants ORDER BY id").fetchall()
+    first, last = (start - dt.timedelta(days=1)).date(), (end + dt.timedelta(days=1)).date()
+    dates = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    rules = load_rules(conn, [r["id"] for r in restaurants], dates)
+    found = []
+    for r in restaurants:
+        tz, own = ZoneInfo(r["timezone"]), rules[r["id"]]
+        day = start.astimezone(tz).date()
+        while day <= (end - dt.timedelta(microseconds=1)).astimezone(tz).date():
+            for slot_time in own.grid():
+                local = dt.datetime.combine(day, slot_time, tzinfo=tz)
+                instant = local.astimezone(dt.UTC)
+                happens = instant.astimezone(tz).replace(tzinfo=None) == local.replace(tzinfo=None)
+                covers = own.capacity(day, slot_time).max_covers
+                if start <= instant < end and happens and covers:
+                    hour = instant.replace(minute=0, second=0, microsecond=0)
+                    found.append(rollup.SlotCapacity(r["id"], hour, day, slot_time, covers))
+            day += dt.timedelta(days=1)
+    return found
+
+
+def test_window_slots_are_the_slots_of_each_restaurant_resolved_on_its_own(conn):
+    """The grid of a (time zone, slot length) is resolved once for every restaurant that has it:
+    the same slots, hours and capacities as resolving each restaurant's own grid."""
+    for n, (timezone, minutes, ranges) in enumerate(AWKWARD):
+        rid = f"a0000000-0000-4000-8000-{n:012d}"
+        conn.execute(
+            "INSERT INTO restaurants (id, name, timezone, slot_minutes) VALUES (%s, %s, %s, %s)",
+            (rid, f"Awkward {n}", timezone, minutes),
+        )
+        for weekday in range(1, 8):
+            for start_time, end_time, covers in ranges:
+                conn.execute(
+                    "INSERT INTO weekly_rules (restaurant_id, weekday, start_time, end_time, max_covers)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (rid, weekday, start_time, end_time, covers),
+                )
+    # an override on one London restaurant only: shared grids must not share capacities
+    conn.execute(
+        "INSERT INTO capacity_overrides (restaurant_id, override_date, start_time, end_time, max_covers)"
+        " VALUES ('a0000000-0000-4000-8000-000000000000', '2030-06-14', '17:00', '19:00', 1)"
+    )
+    total, restaurants = 0, set()
+    for start in WINDOWS:
+        end = start + 4 * rollup.HOUR
+        shared, skipped = rollup.window_slots(conn, start, end)
+        one_by_one = _slots_one_by_one(conn, start, end)
+        key = lambda s: (str(s.restaurant_id), s.date, s.time)  # noqa: E731
+        assert sorted(shared, key=key) == sorted(one_by_one, key=key), start
+        assert skipped == []
+        total += len(shared)
+        restaurants |= {s.restaurant_id for s in shared}
+    assert total > 300 and len(restaurants) == len(AWKWARD)  # the comparison compared something
 
 
 class TestReaggregation:

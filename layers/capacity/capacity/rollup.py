@@ -14,6 +14,7 @@ the rules in Python (``capacity.rules``); everything else is SQL.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -224,14 +225,15 @@ def window(now: dt.datetime, hours: int) -> tuple[dt.datetime, dt.datetime]:
     return current - hours * HOUR, current + HOUR
 
 
-def slots_in_window(
-    restaurant_id: UUID, rules: RestaurantRules, tz: ZoneInfo, start: dt.datetime, end: dt.datetime
-) -> list[SlotCapacity]:
-    """Slots of finite, non-zero capacity whose local start falls in [start, end), by UTC hour."""
+def grid_in_window(
+    tz: ZoneInfo, grid: Sequence[dt.time], start: dt.datetime, end: dt.datetime
+) -> list[tuple[dt.date, dt.time, dt.datetime]]:
+    """(local date, local time, UTC hour) of every grid time whose local start falls in
+    [start, end). It depends on the time zone and the grid alone, so restaurants that share both
+    share it: the roll-up resolves it once per (time zone, slot length), not per restaurant."""
     first = start.astimezone(tz).date()
     last = (end - dt.timedelta(microseconds=1)).astimezone(tz).date()
-    grid = rules.grid()
-    found: list[SlotCapacity] = []
+    found: list[tuple[dt.date, dt.time, dt.datetime]] = []
     day = first
     while day <= last:
         for slot_time in grid:
@@ -242,12 +244,27 @@ def slots_in_window(
                 continue
             if instant.astimezone(tz).replace(tzinfo=None) != local.replace(tzinfo=None):
                 continue  # skipped by the clocks going forward: that slot does not happen
-            max_covers = rules.capacity(day, slot_time).max_covers
-            if max_covers:  # None (unlimited) and 0 (closed) have no utilization
-                hour = instant.replace(minute=0, second=0, microsecond=0)
-                found.append(SlotCapacity(restaurant_id, hour, day, slot_time, max_covers))
+            found.append((day, slot_time, instant.replace(minute=0, second=0, microsecond=0)))
         day += dt.timedelta(days=1)
     return found
+
+
+def _finite_slots(
+    restaurant_id: UUID, rules: RestaurantRules, in_window: Iterable[tuple[dt.date, dt.time, dt.datetime]]
+) -> list[SlotCapacity]:
+    found: list[SlotCapacity] = []
+    for day, slot_time, hour in in_window:
+        max_covers = rules.capacity(day, slot_time).max_covers
+        if max_covers:  # None (unlimited) and 0 (closed) have no utilization
+            found.append(SlotCapacity(restaurant_id, hour, day, slot_time, max_covers))
+    return found
+
+
+def slots_in_window(
+    restaurant_id: UUID, rules: RestaurantRules, tz: ZoneInfo, start: dt.datetime, end: dt.datetime
+) -> list[SlotCapacity]:
+    """Slots of finite, non-zero capacity whose local start falls in [start, end), by UTC hour."""
+    return _finite_slots(restaurant_id, rules, grid_in_window(tz, rules.grid(), start, end))
 
 
 def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> tuple[list[SlotCapacity], list[str]]:
@@ -264,13 +281,19 @@ def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> 
     rules = load_rules(conn, [r["id"] for r in restaurants], dates)
     slots: list[SlotCapacity] = []
     skipped: list[str] = []
+    # Resolving every grid time of every restaurant was most of a small run's time.
+    grids: dict[tuple[str, int], list[tuple[dt.date, dt.time, dt.datetime]]] = {}
     for r in restaurants:
         try:
             tz = ZoneInfo(r["timezone"])
         except (ZoneInfoNotFoundError, ValueError):
             skipped.append(str(r["id"]))
             continue
-        slots.extend(slots_in_window(r["id"], rules[r["id"]], tz, start, end))
+        restaurant_rules = rules[r["id"]]
+        key = (r["timezone"], restaurant_rules.slot_minutes)
+        if key not in grids:
+            grids[key] = grid_in_window(tz, restaurant_rules.grid(), start, end)
+        slots.extend(_finite_slots(r["id"], restaurant_rules, grids[key]))
     return slots, skipped
 
 

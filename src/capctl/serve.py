@@ -284,6 +284,7 @@ class Pool:
         self.idle: asyncio.Queue[Instance | None] = asyncio.Queue()  # None: the server is stopping
         self.instances: dict[int, Instance] = {}
         self.retired: list[Instance] = []
+        self.launched: list[Instance] = []  # every one ever started, serving or not: close stops them all
         self.ids = itertools.count(1)
         self.ready = False
         self.closing = False
@@ -301,9 +302,15 @@ class Pool:
             daemon=True,
         )
         with self.lock:
+            if self.closing:  # a launch that began before the stop (its caller may be cancelled)
+                parent_end.close()
+                child_end.close()
+                raise InitError("the server is stopping")
             process.start()
+            instance = Instance(id=next(self.ids), process=process, conn=parent_end)
+            self.launched.append(instance)
         child_end.close()  # so the instance's death reads as EOF here
-        return Instance(id=next(self.ids), process=process, conn=parent_end)
+        return instance
 
     def _start_one(self) -> Instance:
         instance = self._launch()
@@ -433,7 +440,11 @@ class Pool:
             if instance.in_flight == 0:
                 instance.process.join(max(0.0, deadline - time.monotonic()))
             instance.kill()
-        self._reap_helpers(everyone + self.retired)
+        with self.lock:  # closing is set: no instance is launched after this
+            launched = list(self.launched)
+        for instance in launched:
+            instance.kill()  # e.g. launched while the start was being cancelled, or replacing one
+        self._reap_helpers(launched)
 
     def _reap_helpers(self, instances: list[Instance]) -> None:
         """Stop and reap the processes multiprocessing started for the instances: the forkserver
@@ -442,13 +453,12 @@ class Pool:
         would stay as zombies. Nothing is registered with the tracker (pipes are not tracked
         resources), and it ignores SIGTERM, hence SIGKILL; an instance is Instance.kill's job."""
         mine = {instance.process.pid for instance in instances}
-        with self.lock:  # no instance is being started meanwhile
-            for pid in sorted(child_pids() - self.children_before - mine):
-                # Our own unreaped child: its pid cannot have been reused.
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+        for pid in sorted(child_pids() - self.children_before - mine):
+            # Our own unreaped child: its pid cannot have been reused.
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def child_pids() -> set[int]:

@@ -66,7 +66,10 @@ def worker_main(conn: Connection, function_name: str, function_logs: bool) -> No
         conn.send(("init_error", _describe(exc)))
         conn.close()
         return
-    conn.send(("ready", os.getpid(), round((time.perf_counter() - started) * 1000, 1)))
+    try:
+        conn.send(("ready", os.getpid(), round((time.perf_counter() - started) * 1000, 1)))
+    except (EOFError, OSError):
+        return  # the server stopped during this init
 
     while True:
         try:

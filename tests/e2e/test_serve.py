@@ -412,28 +412,51 @@ def test_stopping_answers_what_is_in_flight_or_queued_and_exits_0(
     assert "Traceback" not in api.log_text()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper is a Linux prctl")
-def test_a_stopped_server_leaves_no_process_behind_not_even_a_zombie(seeded_db: str, tmp_path: Path) -> None:
-    """Where PID 1 does not reap orphans (a container), whatever `capctl serve` leaves running or
-    unreaped (its forkserver, resource tracker, an instance) stays as a zombie. Under a parent that
-    is a child subreaper, such orphans become that parent's children, where the parent sees them."""
-    log = tmp_path / "serve.log"
-    options = {"database_url": seeded_db, "env": SERVER_ENV, "instances": 3, "log_path": str(log)}
+def under_subreaper(seeded_db: str, log: Path, stop: str) -> dict[str, Any]:
+    """`capctl serve` run and stopped under a child-subreaper parent (tests/e2e/subreaper.py):
+    whatever it leaves behind, alive or a zombie, becomes that parent's child, where it is seen."""
+    options = {"database_url": seeded_db, "env": SERVER_ENV, "instances": 3, "log_path": str(log), "stop": stop}
     result = subprocess.run(
         [sys.executable, "-m", "tests.e2e.subreaper", json.dumps(options)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-
+    report: dict[str, Any] = json.loads(result.stdout)
     assert len(report["control"]) == 1  # a deliberate orphan was seen: the check can see orphans
-    assert len(report["instances"]) == 3
-    assert report["exit"] == 0
-    assert report["leftover"] == []
-    # Stopped with public APIs only, so nothing complains on the way out.
+    return report
+
+
+def assert_quiet_stop(log: Path) -> None:
+    """Stopped with public APIs only, so nothing complains on the way out."""
     text = log.read_text()
     for noise in ("Traceback", "Warning", "BrokenPipe", "leaked", "resource_tracker", "Exception ignored"):
         assert noise not in text
+
+
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper is a Linux prctl")
+
+
+@LINUX_ONLY
+def test_a_stopped_server_leaves_no_process_behind_not_even_a_zombie(seeded_db: str, tmp_path: Path) -> None:
+    """Where PID 1 does not reap orphans (a container), whatever `capctl serve` leaves running or
+    unreaped (its forkserver, resource tracker, an instance) stays as a zombie."""
+    report = under_subreaper(seeded_db, tmp_path / "serve.log", "when_ready")
+
+    assert len(report["instances"]) == 3
+    assert report["exit"] == 0
+    assert report["leftover"] == []
+    assert_quiet_stop(tmp_path / "serve.log")
+
+
+@LINUX_ONLY
+def test_a_server_stopped_while_its_instances_start_leaves_no_process_behind(seeded_db: str, tmp_path: Path) -> None:
+    """SIGTERM while the first instance is being launched (its forkserver just started): that
+    instance, launched after the stop, is stopped too."""
+    report = under_subreaper(seeded_db, tmp_path / "serve.log", "while_starting")
+
+    assert (report["exit"], report["stdout"]) == (0, "")  # stopped before it served
+    assert report["leftover"] == []
+    assert_quiet_stop(tmp_path / "serve.log")
 
 
 def _raw_request(api: LocalApi, method: str, raw_path: bytes) -> tuple[int, str, bytes]:

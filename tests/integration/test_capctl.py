@@ -260,26 +260,24 @@ class TestVerify:
 class TestEmbeddedServer:
     def test_db_up_migrates_prints_the_url_and_down_stops_it(self, tmp_path, monkeypatch):
         env = {"CAPCTL_HOME": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
-        capctl = [sys.executable, "-m", "capctl.cli"]
-        up = subprocess.run([*capctl, "db", "up"], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+        def capctl(*argv: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "capctl.cli", *argv]
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+        up = capctl("db", "up")
         try:
             assert up.returncode == 0, up.stderr
             url = up.stdout.strip()
             assert url.startswith("postgresql://")
-            verify = subprocess.run(
-                [*capctl, "verify"], env=env, capture_output=True, text=True, timeout=60, check=False
-            )
+            verify = capctl("verify")
             assert verify.returncode == 0 and "0 overbooked" in verify.stdout
-            again = subprocess.run(
-                [*capctl, "db", "up"], env=env, capture_output=True, text=True, timeout=60, check=False
-            )
+            again = capctl("db", "up")
             assert again.returncode == 0 and again.stdout.strip() == url
         finally:
-            down = subprocess.run(
-                [*capctl, "db", "down"], env=env, capture_output=True, text=True, timeout=60, check=False
-            )
+            down = capctl("db", "down")
         assert down.returncode == 0 and down.stdout == "stopped the embedded PostgreSQL\n"
-        after = subprocess.run([*capctl, "verify"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        after = capctl("verify")
         assert after.returncode == 2 and "run `capctl db up`" in after.stderr
 
 

@@ -17,6 +17,7 @@ from capacity.idempotency import ANONYMOUS_TENANT, fingerprint, tenant_of, valid
 from capacity.models import BookingRequest
 from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE, PROBLEM_TITLES, ProblemCode, ProblemError, problem_body
 from capacity.settings import AlertSettings, BookingSettings, SettingsError
+from tests.problems import PROBLEM_MEMBERS
 from tests.support import booking_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,21 +212,6 @@ class TestMediaTypes:
         assert problem is not None and problem.status == 415
         assert problem.code is ProblemCode.UNSUPPORTED_MEDIA_TYPE
         assert problem.headers == {"Accept-Post": "application/json"}
-
-
-# A problem's members in the order every body sends them (RFC 9457's first, then ours).
-PROBLEM_MEMBERS = (
-    "type",
-    "title",
-    "status",
-    "detail",
-    "instance",
-    "code",
-    "errors",
-    "requested",
-    "remainingCovers",
-    "alternatives",
-)
 
 
 class TestProblems:

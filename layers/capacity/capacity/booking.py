@@ -1,6 +1,6 @@
 """The booking service: one request in, one outcome out.
 
-Reads the slot's context (stored response, restaurant, rules, current usage) in one round trip,
+Reads the slot's context (stored response, restaurant, rules, the date's usage) in one round trip,
 then either replays, refuses, or makes the guarded write. Transient database failures retry the
 whole unit with full-jitter backoff; the write is idempotent by its key, so a retry can never
 book twice.
@@ -190,8 +190,8 @@ class BookingService:
         restaurant = self._bookable(request, ctx.restaurant)
         capacity = restaurant.rules.capacity(request.date, request.slot_time)
         if capacity.closed:
-            return self._refuse(attempt, restaurant, capacity, lost_race=False)
-        return self._write(conn, attempt, restaurant, capacity, ctx.booked_covers)
+            return self._refuse(attempt, restaurant, capacity, ctx.usage, lost_race=False)
+        return self._write(conn, attempt, restaurant, capacity, ctx)
 
     def _stored_answer(
         self, conn: DictConnection, attempt: _Attempt, stored: repo.StoredResponse
@@ -231,7 +231,7 @@ class BookingService:
         attempt: _Attempt,
         restaurant: repo.Restaurant,
         capacity: Capacity,
-        booked_covers: int,
+        ctx: repo.BookingContext,
     ) -> BookingResult:
         """The guarded write: 201, or the refusal when the slot had no room for the party."""
         new = self._new_booking(attempt)
@@ -247,8 +247,8 @@ class BookingService:
         )
         if body is None:
             # The guard refused. If our own read had seen room, a concurrent booking won the race.
-            lost_race = capacity.fits(booked_covers, attempt.request.party_size)
-            return self._refuse(attempt, restaurant, capacity, lost_race=lost_race)
+            lost_race = capacity.fits(ctx.booked_covers, attempt.request.party_size)
+            return self._refuse(attempt, restaurant, capacity, ctx.usage, lost_race=lost_race)
         return BookingResult(
             status=201,
             body=_created(body),
@@ -280,13 +280,24 @@ class BookingService:
         )
 
     def _refuse(
-        self, attempt: _Attempt, restaurant: repo.Restaurant, capacity: Capacity, *, lost_race: bool
+        self,
+        attempt: _Attempt,
+        restaurant: repo.Restaurant,
+        capacity: Capacity,
+        usage: dict[dt.time, int],
+        *,
+        lost_race: bool,
     ) -> BookingResult:
         """409 slot_closed or capacity_exceeded with alternatives, stored under the key with its
-        events (and booking.overbook_prevented when the request lost a race for the last covers)."""
+        events (and booking.overbook_prevented when the request lost a race for the last covers).
+
+        ``usage`` is the date's, as the context read saw it: the alternatives and the covers left
+        come from it, without another round trip. After a lost race that read is older than the
+        booking that won, so the date is read again: the answer counts the covers that beat it."""
         request = attempt.request
         conn = self.db.connection()
-        usage = repo.usage_of_date(conn, request.restaurant_id, request.date)
+        if lost_race:
+            usage = repo.usage_of_date(conn, request.restaurant_id, request.date)
         body = self._refusal_body(attempt, restaurant, capacity, usage)
         reason = "closed" if capacity.closed else "full"
         events = [

@@ -1,4 +1,6 @@
-"""problem+json responses (RFC 9457), shared by the handler and the local API Gateway emulator."""
+"""The booking function's HTTP answers that are not bookings: problem+json responses (RFC 9457),
+the 415 for a body declared as anything but JSON, and validation errors as the contract's problem.
+(``capctl serve``'s own gateway answers build their bodies with ``outcomes.problem_body`` too.)"""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ class BookingContext:
 
     stored: StoredResponse | None
     restaurant: Restaurant | None
-    booked_covers: int
+    booked_covers: int  # of the requested slot
+    usage: dict[dt.time, int]  # booked covers of each slot of the date: a refusal's alternatives
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,15 @@ _RULES_OF_DATE = """
        FROM capacity_overrides o WHERE o.restaurant_id = r.id AND o.override_date = %(date)s::date) AS overrides
 """
 
+# The date's booked covers per slot, one JSON object {"HH:MM:SS": covers}: the one reading of a
+# date's usage, for the booking context, the availability and a refusal after a lost race.
+_USAGE_OF_DATE = """
+    (SELECT coalesce(jsonb_object_agg(u.slot_time::text, u.booked_covers), '{}')
+       FROM slot_usage u WHERE u.restaurant_id = %(restaurant_id)s AND u.slot_date = %(date)s::date) AS usage
+"""
+
+_USAGE_ALONE = f"SELECT {_USAGE_OF_DATE}"
+
 _BOOKING_CONTEXT = f"""
 SELECT
     (SELECT jsonb_build_object('fingerprint', k.fingerprint, 'statusCode', k.status_code,
@@ -100,8 +110,7 @@ SELECT
        FROM idempotency_keys k WHERE k.tenant = %(tenant)s AND k.key = %(key)s) AS stored,
     r.id, r.timezone, r.slot_minutes, r.max_party_size, r.booking_horizon_days,
     {_RULES_OF_DATE},
-    (SELECT u.booked_covers FROM slot_usage u
-      WHERE u.restaurant_id = r.id AND u.slot_date = %(date)s::date AND u.slot_time = %(time)s::time) AS booked
+    {_USAGE_OF_DATE}
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN restaurants r ON r.id = %(restaurant_id)s
 """
@@ -109,13 +118,8 @@ LEFT JOIN restaurants r ON r.id = %(restaurant_id)s
 _DAY = f"""
 SELECT r.id, r.timezone, r.slot_minutes, r.max_party_size, r.booking_horizon_days,
     {_RULES_OF_DATE},
-    (SELECT coalesce(jsonb_object_agg(u.slot_time::text, u.booked_covers), '{{}}')
-       FROM slot_usage u WHERE u.restaurant_id = r.id AND u.slot_date = %(date)s::date) AS usage
+    {_USAGE_OF_DATE}
 FROM restaurants r WHERE r.id = %(restaurant_id)s
-"""
-
-_USAGE_OF_DATE = """
-SELECT slot_time, booked_covers FROM slot_usage WHERE restaurant_id = %(restaurant_id)s AND slot_date = %(date)s
 """
 
 # The guarded write: one statement, so one transaction in autocommit. The conditional upsert on
@@ -225,7 +229,7 @@ def load_booking_context(
 ) -> BookingContext:
     row = conn.execute(
         _BOOKING_CONTEXT,
-        {"tenant": tenant, "key": key, "restaurant_id": restaurant_id, "date": date, "time": time},
+        {"tenant": tenant, "key": key, "restaurant_id": restaurant_id, "date": date},
     ).fetchone()
     assert row is not None  # the VALUES row is always there
     stored_json = row["stored"]
@@ -238,20 +242,25 @@ def load_booking_context(
             expired=stored_json["expired"],
         )
     restaurant = _restaurant(row) if row["id"] is not None else None
-    return BookingContext(stored=stored, restaurant=restaurant, booked_covers=row["booked"] or 0)
+    usage = _usage(row)
+    return BookingContext(stored=stored, restaurant=restaurant, booked_covers=usage.get(time, 0), usage=usage)
 
 
 def load_day(conn: DictConnection, restaurant_id: UUID, date: dt.date) -> tuple[Restaurant, dict[dt.time, int]] | None:
     row = conn.execute(_DAY, {"restaurant_id": restaurant_id, "date": date}).fetchone()
     if row is None:
         return None
-    usage = {clock(t): covers for t, covers in row["usage"].items()}
-    return _restaurant(row), usage
+    return _restaurant(row), _usage(row)
 
 
 def usage_of_date(conn: DictConnection, restaurant_id: UUID, date: dt.date) -> dict[dt.time, int]:
-    rows = conn.execute(_USAGE_OF_DATE, {"restaurant_id": restaurant_id, "date": date}).fetchall()
-    return {row["slot_time"]: row["booked_covers"] for row in rows}
+    row = conn.execute(_USAGE_ALONE, {"restaurant_id": restaurant_id, "date": date}).fetchone()
+    assert row is not None  # an aggregate always answers a row
+    return _usage(row)
+
+
+def _usage(row: dict[str, Any]) -> dict[dt.time, int]:
+    return {clock(t): covers for t, covers in row["usage"].items()}
 
 
 def _events_param(events: Sequence[Event]) -> Jsonb:

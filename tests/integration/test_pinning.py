@@ -29,7 +29,7 @@ import pytest
 from capacity.settings import DatabaseSettings
 from capctl.apigw import LambdaContext, rest_event
 from capctl.handlers import load_handler
-from tests.integration.test_booking_path import event_types
+from tests.booking_checks import event_types
 from tests.support import CLOSED_DATE, FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
 
 # The switch that keeps the timeouts off the connection (capacity.settings, DB_SESSION_OPTIONS).

@@ -56,13 +56,13 @@ _COUNTER_ARRAYS = ", ".join(f"%({n})s::int[]" for n in COUNTER_NAMES)
 
 # The window's events counted per restaurant, UTC hour and traffic class: one read-only statement,
 # which PostgreSQL may run in parallel (a statement that writes never is); hashed, not sorted
-# (``WORK_MEM`` and the statistics of migration 006).
+# (``WORK_MEM`` and the statistics of migration 006). Events of restaurants that no longer exist
+# (or of none) are dropped by the writing statement, per counted row rather than per event.
 _COUNTERS = f"""
 SELECT e.restaurant_id, date_trunc('hour', e.occurred_at, 'UTC') AS hour, {SYNTHETIC_SQL} AS synthetic,
        {COUNTERS_SQL}
   FROM observability_events e
  WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-   AND EXISTS (SELECT 1 FROM restaurants r WHERE r.id = e.restaurant_id)
  GROUP BY 1, 2, 3
 """
 
@@ -132,6 +132,8 @@ WITH slots AS (
     SELECT * FROM unnest(%(restaurants)s::uuid[], %(hours)s::timestamptz[], %(synthetic)s::bool[],
                          {_COUNTER_ARRAYS})
            AS c (restaurant_id, hour, synthetic, {", ".join(COUNTER_NAMES)})
+     -- events outlive a deleted restaurant: a row needs a restaurant to belong to
+     WHERE EXISTS (SELECT 1 FROM restaurants r WHERE r.id = c.restaurant_id)
 {_class_ctes("live", LIVE_TABLE, False)}
 {_class_ctes("synthetic", SYNTHETIC_TABLE, True)}
 )
@@ -300,8 +302,12 @@ def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> 
 def _rollup_tables(
     conn: DictConnection, slots: list[SlotCapacity], start: dt.datetime, end: dt.datetime
 ) -> tuple[TableResult, TableResult]:
-    """The live and the synthetic table of the window: the events counted, then both written."""
-    counters = conn.execute(_COUNTERS, {"start": start, "end": end}).fetchall()
+    """The live and the synthetic table of the window: the events counted, then both written.
+
+    Neither statement is ever prepared (``prepare=False``), however often a warm connection runs
+    it: a prepared statement is soon planned once for any window, and that plan guesses a narrow
+    one (the events read through the time index, no parallel workers, small arrays)."""
+    counters = conn.execute(_COUNTERS, {"start": start, "end": end}, prepare=False).fetchall()
     row = conn.execute(
         _ROLLUP,
         {
@@ -317,6 +323,7 @@ def _rollup_tables(
             "start": start,
             "end": end,
         },
+        prepare=False,
     ).fetchone()
     assert row is not None
     return (

@@ -126,15 +126,19 @@ class TestSlotFindings:
 
     def test_a_capacity_lowered_below_accepted_bookings_is_a_warning_not_an_overbooking(self):
         findings = slot_findings([self.state("19:00", 10, 40, 40)], {A: {"name": "Alpha", "timezone": "UTC"}})
-        assert [(f.key.kind, f.severity.value, f.figures["maxCovers"]) for f in findings] == [
-            (AlertKind.CAPACITY_BELOW_BOOKINGS, "warning", 10)
+        assert [(f.key.kind, f.key.incident, f.severity.value, f.figures["slotCount"]) for f in findings] == [
+            (AlertKind.CAPACITY_BELOW_BOOKINGS, "no recorded change", "warning", 1)
         ]
+        assert findings[0].figures["slots"][0]["maxCovers"] == 10
+
+
+SLOT = (dt.date(2030, 6, 14), dt.time(19, 0))
 
 
 def finding(
-    kind: AlertKind = AlertKind.OVERBOOKING, incident: str = "2030-06-14 19:00", rid: UUID = A, **figures: Any
+    kind: AlertKind = AlertKind.OVERBOOKING, slot: tuple[dt.date, dt.time] = SLOT, rid: UUID = A, **figures: Any
 ) -> Finding:
-    return Finding(IncidentKey(rid, kind, incident), "Alpha", {"confirmedCovers": 24, "maxCovers": 20, **figures})
+    return Finding(IncidentKey(rid, kind, slot), "Alpha", {"confirmedCovers": 24, "maxCovers": 20, **figures})
 
 
 def open_alert(key: IncidentKey, notified_ago: dt.timedelta, alert_id: int = 7) -> OpenAlert:
@@ -167,16 +171,16 @@ class TestStateMachine:
             assert t.opened_at == NOW - dt.timedelta(hours=3)
 
     def test_a_cleared_condition_resolves(self):
-        key = IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00")
+        key = IncidentKey(A, AlertKind.OVERBOOKING, SLOT)
         observed = {key: {"confirmedCovers": 20, "maxCovers": 20, "bookings": 5}}
         [t] = plan([], [open_alert(key, dt.timedelta(minutes=5))], now=NOW, cooldown=COOLDOWN, observed=observed)
         assert (t.action, t.alert_id, t.notice_type.value) == (Action.RESOLVE, 7, "resolved")
         assert t.figures == observed[key]
 
     def test_incidents_are_per_restaurant_and_per_slot(self):
-        open_a = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00"), dt.timedelta(minutes=5))
+        open_a = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, SLOT), dt.timedelta(minutes=5))
         transitions = plan(
-            [finding(rid=B), finding(incident="2030-06-14 20:00"), finding(), finding()],
+            [finding(rid=B), finding(slot=(SLOT[0], dt.time(20, 0))), finding(), finding()],
             [open_a],
             now=NOW,
             cooldown=COOLDOWN,
@@ -188,7 +192,7 @@ class TestStateMachine:
         ]
 
     def test_cleared_figures_without_a_current_observation(self):
-        slot = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, "2030-06-14 19:00"), dt.timedelta(0))
+        slot = open_alert(IncidentKey(A, AlertKind.OVERBOOKING, SLOT), dt.timedelta(0))
         assert cleared_figures(slot, {}) | {} == {**slot.figures, "confirmedCovers": 0, "bookings": 0, "bookingIds": []}
         rate = OpenAlert(
             8,

@@ -4,8 +4,10 @@ Per restaurant, four alerts (``incidents.AlertKind``):
   * overbooking (critical): a slot whose confirmed covers, summed from ``bookings``, exceed the
     capacity they were accepted under (a guard failure); one incident per slot; all traffic
     counts (capacity is shared);
-  * capacity below bookings (warning): a slot whose capacity was lowered after its bookings
-    were accepted, below their covers; the notice names the change that did it;
+  * capacity below bookings (warning): slots whose capacity was lowered after their bookings
+    were accepted, below their covers; one incident per capacity change, however many slots it
+    touched (a year of Fridays is one notice, not fifty); the notice names the change, how many
+    slots, the worst few and the command that lists them all;
   * conflict rate (warning): requests that met a conflict / all requests over the last hour is
     strictly above the threshold, with at least the minimum volume;
   * retry exhaustion (warning): more than the threshold of requests ran out of retries in the
@@ -50,7 +52,6 @@ from capacity.incidents import (
     rate_findings,
     slot_figures,
     slot_findings,
-    slot_key,
 )
 from capacity.notifiers import Channel, DeliveryError, Notice, Notifier
 from capacity.outcomes import RECONCILE_SOURCE, EventType
@@ -217,21 +218,24 @@ class AlertChecker:
         # A slot below its bookings that has begun has no guests left to move: no warning for it.
         zones = {rid: r["timezone"] for rid, r in by_id.items()}
         states = [s for s in states if not (s.below_bookings and s.has_begun(zones.get(s.restaurant_id, "UTC"), now))]
+        # The change behind each slot below its bookings, looked up only for slots no open group
+        # holds yet (a held slot stays with its incident: ``incidents.below_bookings_findings``).
+        held = {(a.key.restaurant_id, *slot) for a in open_alerts if a.key.grouped for slot in a.members}
         changes = {
             (s.restaurant_id, s.date, s.time): change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
             for s in states
-            if s.below_bookings
+            if s.below_bookings and (s.restaurant_id, s.date, s.time) not in held
         }
-        findings = slot_findings(states, by_id, changes)
-        # The figures now of every slot an open incident names (a resolve notice tells them), and
-        # of the findings; not of every booked slot, which at 10,000 restaurants is most of a run.
-        open_slots = {(a.key.restaurant_id, a.key.incident) for a in open_alerts if a.key.kind in SLOT_ALERTS}
+        findings = slot_findings(states, by_id, changes, open_alerts)
+        # The figures now of every slot a per-slot incident names (a resolve notice tells them);
+        # not of every booked slot, which at 10,000 restaurants is most of a run.
+        open_slots = {(a.key.restaurant_id, a.key.slot) for a in open_alerts if a.key.slot is not None}
         observed: dict[IncidentKey, dict[str, Any]] = {
-            IncidentKey(s.restaurant_id, kind, slot_key(s.date, s.time)): slot_figures(
+            IncidentKey(s.restaurant_id, kind, (s.date, s.time)): slot_figures(
                 s, by_id.get(s.restaurant_id, {}).get("timezone", "")
             )
             for s in states
-            if (s.restaurant_id, slot_key(s.date, s.time)) in open_slots
+            if (s.restaurant_id, (s.date, s.time)) in open_slots
             for kind in SLOT_ALERTS
         }
         observed.update({f.key: f.figures for f in findings})
@@ -256,11 +260,17 @@ class AlertChecker:
         return [
             OpenAlert(
                 id=r["id"],
-                key=IncidentKey(r["restaurant_id"], AlertKind(r["kind"]), r["incident_key"]),
+                key=IncidentKey(
+                    r["restaurant_id"],
+                    AlertKind(r["kind"]),
+                    None if r["slot_date"] is None else (r["slot_date"], r["slot_time"]),
+                    r["change_id"],
+                ),
                 restaurant_name=r["name"],
                 opened_at=r["opened_at"],
                 last_notified_at=r["last_notified_at"],
                 figures=r["figures"],
+                members=frozenset(store.members_of(r["slots"])),
             )
             for r in conn.execute(store.OPEN_ALERTS)
         ]
@@ -291,9 +301,7 @@ class AlertChecker:
         def in_range(restaurant_id: UUID, date: dt.date) -> bool:
             return restaurant_id in ranges and ranges[restaurant_id][0] <= date <= ranges[restaurant_id][1]
 
-        open_slots: list[SlotKey] = [
-            (alert.key.restaurant_id, *alert.key.slot) for alert in open_alerts if alert.key.slot is not None
-        ]
+        open_slots: list[SlotKey] = [(alert.key.restaurant_id, *slot) for alert in open_alerts for slot in alert.slots]
         checked = slots_to_check(conn, ranges)
         flagged = {(s.restaurant_id, s.date, s.time) for s in checked.states}
         followed = slot_states_of(conn, [k for k in open_slots if k not in flagged])
@@ -313,18 +321,14 @@ class AlertChecker:
         with conn.transaction():
             for planned in transitions:
                 t = planned
-                params: dict[str, Any] = {"now": now, "figures": Jsonb(t.figures), "id": t.alert_id}
+                params: dict[str, Any] = {
+                    "now": now,
+                    "figures": Jsonb(t.figures),
+                    "id": t.alert_id,
+                    "slots": Jsonb(store.members_json(t.members)),
+                }
                 if t.action is Action.OPEN:
-                    row = conn.execute(
-                        store.INSERT_ALERT,
-                        {
-                            **params,
-                            "restaurant_id": t.key.restaurant_id,
-                            "kind": t.key.kind.value,
-                            "incident": t.key.incident,
-                            "severity": SEVERITY[t.key.kind].value,
-                        },
-                    ).fetchone()
+                    row = conn.execute(store.INSERT_ALERT, {**params, **store.key_params(t.key)}).fetchone()
                     assert row is not None
                     t = replace(t, alert_id=row["id"])
                     if t.key.kind is AlertKind.OVERBOOKING:
@@ -334,7 +338,7 @@ class AlertChecker:
                 elif t.action is Action.UPDATE:
                     conn.execute(store.UPDATE_ALERT, params)
                     self._announce_to_new_channels(conn, t, now)
-                else:
+                else:  # resolved, or superseded by the group that now names its slot
                     conn.execute(store.RESOLVE_ALERT, params)
                 if t.notice_type is not None:
                     message = Jsonb(notice_for(t, self.settings, now).as_json())

@@ -8,6 +8,7 @@ guest's personal data.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import unicodedata
 import urllib.error
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from capacity.changes import change_line
 from capacity.incidents import AlertKind, NoticeType
+from capacity.rules import clock
 from capacity.settings import AlertSettings
 
 SUBJECT_MAX = 100  # SNS Subject limit (ASCII, no line breaks)
@@ -42,7 +44,7 @@ class Notice:
     severity: str  # critical | warning
     restaurant_id: str
     restaurant_name: str
-    incident_key: str  # the slot for overbooking, '' otherwise
+    incident_key: str  # its label: the slot for overbooking, 'change N' for a grouped one, '' for the rates
     figures: dict[str, Any]
     opened_at: str  # ISO 8601 UTC
     at: str  # when this notice was raised
@@ -77,6 +79,11 @@ def title(notice: Notice) -> str:
     f = notice.figures
     if notice.alert_type == AlertKind.OVERBOOKING:
         return f"Overbooked slot {notice.incident_key}"
+    if grouped(notice):
+        scope = rule_span(f.get("change")) or "no recorded change"
+        if notice.notice == NoticeType.RESOLVED:
+            return f"Capacity lowered below bookings ({scope})"
+        return f"Capacity lowered below bookings in {_plural(int(f.get('slotCount', 0)), 'slot')} ({scope})"
     if notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS:
         return f"Capacity lowered below bookings {notice.incident_key}"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
@@ -161,8 +168,130 @@ def _slot_lines(notice: Notice) -> list[str]:
     return lines
 
 
+# -- a capacity change's slots below their bookings (one notice per change) --------------------
+
+_WEEKDAYS = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays", "Sundays")
+
+
+def grouped(notice: Notice) -> bool:
+    """One notice for every slot a capacity change put below its bookings (a per-slot one queued
+    before migration 008 has no ``slotCount`` and reads as before)."""
+    return notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS and "slotCount" in notice.figures
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _span(row: dict[str, Any]) -> str:
+    if not row.get("start_time") or not row.get("end_time"):
+        return ""
+    return f" {clock(row['start_time']).strftime('%H:%M')}-{clock(row['end_time']).strftime('%H:%M')}"
+
+
+def rule_span(change: dict[str, Any] | None) -> str | None:
+    """What a change touched, in a few words: 'Fridays 17:00-22:00', '2030-12-24 (whole day)'."""
+    if not change:
+        return None
+    row = change.get("after") or change.get("before") or {}
+    kind = str(change.get("kind", ""))
+    if kind.startswith("weekly_rule.") and isinstance(row.get("weekday"), int) and 1 <= row["weekday"] <= 7:
+        return _WEEKDAYS[row["weekday"] - 1] + _span(row)
+    if kind.startswith("override."):
+        return f"{row.get('override_date')}{_span(row) or ' (whole day)'}"
+    return "the slot grid"
+
+
+def _cap(row: dict[str, Any] | None) -> str:
+    value = (row or {}).get("max_covers")
+    return "no limit" if value is None else _plural(int(value), "cover")
+
+
+def change_words(change: dict[str, Any]) -> str:
+    """A change as a sentence: 'On 2030-06-10 at 09:30 UTC alice lowered the weekly rule for
+    Fridays 17:00-22:00 from 40 to 30 covers (reason: kitchen refit).'"""
+    kind = str(change.get("kind", ""))
+    before, after = change.get("before"), change.get("after")
+    noun = f"{'override' if kind.startswith('override.') else 'weekly rule'} for {rule_span(change)}"
+    if kind.startswith("restaurant."):
+        how = f"changed the slot grid ({change.get('summary')})"
+    elif before is None:
+        how = (
+            f"added an {noun} of {_cap(after)}" if kind.startswith("override.") else f"added a {noun} of {_cap(after)}"
+        )
+    elif after is None:
+        how = f"removed the {noun}, which allowed {_cap(before)}"
+    elif after.get("max_covers") == 0:
+        how = f"closed the {noun} (0 covers, was {_cap(before)})"
+    else:
+        lower = before.get("max_covers") is None or (after.get("max_covers") or 0) < before["max_covers"]
+        start = "no limit" if before.get("max_covers") is None else before["max_covers"]
+        how = f"{'lowered' if lower else 'changed'} the {noun} from {start} to {_cap(after)}"
+    reason = f" (reason: {change['reason']})" if change.get("reason") else ""
+    return f"On {_when(change.get('changedAt'))} {change.get('actor')} {how}{reason}."
+
+
+def _when(value: Any) -> str:
+    try:
+        return dt.datetime.fromisoformat(str(value)).astimezone(dt.UTC).strftime("%Y-%m-%d at %H:%M UTC")
+    except ValueError:
+        return str(value)
+
+
+def _slot_line(slot: dict[str, Any]) -> str:
+    return (
+        f"  {slot.get('date')} {slot.get('time')}: {slot.get('confirmedCovers')} covers in "
+        f"{_plural(int(slot.get('bookings', 0)), 'booking')}, capacity now {_covers(slot.get('maxCovers'))} "
+        f"({slot.get('coversOver')} over): {slot.get('command')}"
+    )
+
+
+def _group_lines(notice: Notice) -> list[str]:
+    f = notice.figures
+    count = int(f.get("slotCount", 0))
+    cause = (
+        change_words(f["change"])
+        if f.get("change")
+        else "No recorded change explains it (the rule changed before the capacity history existed)."
+    )
+    if notice.notice == NoticeType.RESOLVED:
+        opened = int(f.get("openedWithSlots", 0))
+        return [
+            f"What happened: {cause}",
+            f"Now: every slot of it is back within its capacity ({_plural(opened, 'slot')} when it opened): "
+            "guests moved or cancelled, the capacity restored, or the slot's time has passed. Nothing to do.",
+        ]
+    zone = f"{f['timezone']}, " if f.get("timezone") else ""
+    slots = list(f.get("slots") or [])
+    over, bookings = _plural(int(f.get("coversOver", 0)), "cover"), _plural(int(f.get("bookings", 0)), "booking")
+    holds = (
+        f"{'holds' if count == 1 else 'hold'} more confirmed covers than {'its' if count == 1 else 'their'} capacity"
+    )
+    lines = [
+        f"What happened: {cause} {_plural(count, 'booked slot')} now {holds}.",
+        f"How bad: {_plural(count, 'slot')} from {f.get('firstDate')} to {f.get('lastDate')}, {over} over "
+        f"capacity, in {bookings}. Nothing is broken: each booking was accepted under the capacity of its "
+        "time, and the lowered capacity already refuses new bookings of these slots.",
+        f"Most covers to move (dates and times in {zone}the restaurant's local time):",
+        *(_slot_line(slot) for slot in slots),
+    ]
+    if count > len(slots):
+        lines.append(f"  and {count - len(slots)} more: {f.get('command')} lists every slot below bookings")
+    lines += [
+        "What to do: if the change was a mistake, restore the capacity (capctl seed with the corrected file, "
+        f"--actor your name); if it stands, move the guests above it, soonest slot first ({f.get('firstDate')}).",
+        f"Next: {f.get('command')}",
+    ]
+    if f.get("replacesIncidents"):
+        n = int(f["replacesIncidents"])
+        lines.append(f"This replaces {_plural(n, 'earlier per-slot warning')} of these slots, closed without a notice.")
+    return lines
+
+
 def figure_lines(notice: Notice) -> list[str]:
     f = notice.figures
+    if grouped(notice):
+        return _group_lines(notice)
     if notice.alert_type in (AlertKind.OVERBOOKING, AlertKind.CAPACITY_BELOW_BOOKINGS):
         return _slot_lines(notice)
     window = f"Window: {f.get('windowStart')} to {f.get('windowEnd')}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from capacity.alerts import AlertChecker
 from capacity.notifiers import notifiers_from_settings
 from capacity.settings import AlertSettings
 from tests.command_line import on_database, one_line_error, run
+from tests.roles import login_url, temporary_role
 from tests.support import (
     BASE_SEED,
     FUTURE_DATE,
@@ -28,6 +30,8 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
+
+MIGRATION_009 = Path(__file__).resolve().parents[2] / "migrations" / "009_least_privilege.sql"
 
 SLOT = f"{FUTURE_DATE} 19:00"
 
@@ -121,6 +125,8 @@ class TestCapacityHistory:
             conn.execute("DELETE FROM capacity_changes")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE capacity_changes SET actor = 'nobody'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE capacity_changes")
         assert {c["actor"] for c in changes(conn)} != {"nobody"} and changes(conn)
 
 
@@ -335,17 +341,6 @@ class TestOperatorChangesHold:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"TRUNCATE {table}")
 
-    def test_set_role_is_named_in_the_history(self, seeded_db, conn):
-        conn.execute("CREATE ROLE ops_alice")
-        conn.execute("GRANT ALL ON weekly_rules TO ops_alice")
-        # a role that may change rules may append to their history (the table refuses anything else)
-        conn.execute("GRANT INSERT ON capacity_changes TO ops_alice")
-        conn.execute("GRANT USAGE ON SEQUENCE capacity_changes_id_seq TO ops_alice")
-        conn.execute("SET ROLE ops_alice")
-        conn.execute("UPDATE weekly_rules SET max_covers = 12 WHERE weekday = 5")
-        conn.execute("RESET ROLE")
-        assert changes(conn)[-1]["actor"] == "ops_alice via postgres"
-
 
 class TestOperatorCancel:
     def test_an_operator_cancels_as_the_api_would(self, booking_app, on_db, conn, capsys):
@@ -382,3 +377,137 @@ class TestPastSlots:
         code, out, _ = run(capsys, "verify", "--json")
         result = json.loads(out)
         assert (code, result["overCapacitySlots"], result["belowBookingsSlots"]) == (0, [], [])
+
+
+class TestHistoryCannotBeForged:
+    """capacity_changes is written by its trigger function alone, as the function's owner
+    (SECURITY DEFINER, migration 009): a role needs no right on the history to change a rule, and
+    a role with no right on it cannot write a row that no change caused."""
+
+    @pytest.fixture
+    def operator(self, seeded_db: str, conn: Any) -> Iterator[str]:
+        """An operator's role: may change the weekly rules and overrides, nothing on the history."""
+        with temporary_role(seeded_db, "ops_alice") as name:
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON weekly_rules, capacity_overrides TO {name}")
+            conn.execute(f"GRANT USAGE ON SEQUENCE capacity_overrides_id_seq TO {name}")
+            yield name
+
+    def test_an_operator_without_rights_on_the_history_changes_a_rule_and_it_is_recorded(self, operator, conn):
+        may = "SELECT has_table_privilege(%s, 'capacity_changes', 'INSERT') AS may"
+        assert conn.execute(may, (operator,)).fetchone()["may"] is False
+        conn.execute(f"SET ROLE {operator}")
+        conn.execute("UPDATE weekly_rules SET max_covers = 12 WHERE weekday = 5")
+        conn.execute("RESET ROLE")
+        last = changes(conn)[-1]
+        assert (last["actor"], last["kind"], last["before"]["max_covers"], last["after"]["max_covers"]) == (
+            f"{operator} via postgres",
+            "weekly_rule.update",
+            20,
+            12,
+        )
+        # the application's own name for the actor still wins
+        with conn.transaction():
+            conn.execute(f"SET LOCAL ROLE {operator}")
+            conn.execute("SET LOCAL capacity.actor = 'deploy-bot'")
+            conn.execute("DELETE FROM capacity_overrides WHERE reason = 'closed'")
+        last = changes(conn)[-1]
+        assert (last["actor"], last["kind"], last["reason"]) == (
+            "deploy-bot",
+            "override.delete",
+            "removed; it said: closed",
+        )
+
+    def test_an_operator_logged_in_as_themselves_is_named_alone(self, seeded_db, conn):
+        with temporary_role(seeded_db, "ops_carol", login=True) as name:
+            conn.execute(f"GRANT SELECT, INSERT ON capacity_overrides TO {name}")
+            conn.execute(f"GRANT USAGE ON SEQUENCE capacity_overrides_id_seq TO {name}")
+            with psycopg.connect(login_url(seeded_db, name), autocommit=True) as ops:
+                ops.execute(
+                    "INSERT INTO capacity_overrides (restaurant_id, override_date, max_covers, reason)"
+                    " VALUES (%s, %s, 0, 'burst pipe')",
+                    (RESTAURANT_ID, FUTURE_DATE),
+                )
+            last = changes(conn)[-1]
+            assert (last["actor"], last["kind"], last["reason"]) == (name, "override.insert", "burst pipe")
+
+    def test_the_operator_cannot_write_the_history_directly(self, operator, conn):
+        count = len(changes(conn))
+        conn.execute(f"SET ROLE {operator}")
+        try:
+            for statement in (
+                "INSERT INTO capacity_changes (restaurant_id, actor, kind)"
+                f" VALUES ('{RESTAURANT_ID}', 'someone else', 'weekly_rule.update')",
+                "SELECT nextval('capacity_changes_id_seq')",
+                "UPDATE capacity_changes SET actor = 'someone else'",
+                "DELETE FROM capacity_changes",
+                "TRUNCATE capacity_changes",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+        finally:
+            conn.execute("RESET ROLE")
+        assert len(changes(conn)) == count
+        assert "someone else" not in {c["actor"] for c in changes(conn)}
+
+    def test_a_table_of_the_callers_named_capacity_changes_does_not_receive_the_row(self, operator, conn):
+        conn.execute(f"GRANT TEMPORARY ON DATABASE {conn.info.dbname} TO {operator}")
+        count = len(changes(conn))
+        conn.execute(f"SET ROLE {operator}")
+        try:
+            # a temporary table comes first on an unqualified name: the writer's path has none
+            conn.execute(
+                "CREATE TEMP TABLE capacity_changes (id bigserial, restaurant_id uuid, changed_at timestamptz"
+                " DEFAULT now(), actor text, kind text, before jsonb, after jsonb, reason text)"
+            )
+            conn.execute("SET search_path = pg_temp, public")
+            conn.execute("UPDATE weekly_rules SET max_covers = 12 WHERE weekday = 5")
+            assert conn.execute("SELECT count(*)::int AS n FROM pg_temp.capacity_changes").fetchone()["n"] == 0
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute("RESET search_path")
+            conn.execute("DROP TABLE IF EXISTS pg_temp.capacity_changes")
+        assert len(changes(conn)) == count + 1
+        assert changes(conn)[-1]["actor"] == f"{operator} via postgres"
+
+    def test_the_writer_refuses_a_table_that_holds_no_rules(self, seeded_db, conn):
+        count = len(changes(conn))
+        conn.execute("CREATE TABLE decoy (restaurant_id uuid, weekday int, max_covers int)")
+        conn.execute(
+            "CREATE TRIGGER decoy_history AFTER INSERT ON decoy"
+            " FOR EACH ROW EXECUTE FUNCTION record_capacity_change('weekly_rule')"
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="capacity rules only"):
+            conn.execute("INSERT INTO decoy VALUES (%s, 5, 99)", (RESTAURANT_ID,))
+        assert len(changes(conn)) == count
+
+    def test_the_writer_is_the_historys_owner_with_a_fixed_search_path(self, conn):
+        row = conn.execute(
+            "SELECT p.prosecdef, p.proconfig, p.proowner = c.relowner AS owns_history, p.proacl::text[] AS acl"
+            "  FROM pg_proc p, pg_class c"
+            " WHERE p.oid = 'record_capacity_change()'::regprocedure AND c.oid = 'capacity_changes'::regclass"
+        ).fetchone()
+        assert row["prosecdef"] and row["owns_history"]
+        assert row["proconfig"] == ["search_path=pg_catalog, pg_temp"]
+        assert [entry.split("=")[0] for entry in row["acl"]] == [conn.info.user]  # no EXECUTE for anyone else
+
+    def test_009_takes_back_every_right_to_write_the_history(self, seeded_db, conn):
+        with temporary_role(seeded_db, "ops_bob") as bob, temporary_role(seeded_db, "ops_dan") as dan:
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON capacity_changes TO {bob}")
+            conn.execute(f"GRANT INSERT (actor, kind, restaurant_id) ON capacity_changes TO {dan}")
+            conn.execute("GRANT INSERT ON capacity_changes TO PUBLIC")
+            conn.execute("GRANT USAGE ON SEQUENCE capacity_changes_id_seq TO PUBLIC")
+            conn.execute(MIGRATION_009.read_text().encode())
+            rights = conn.execute(
+                "SELECT r.rolname,"
+                "       has_table_privilege(r.oid, 'capacity_changes', 'SELECT') AS reads,"
+                "       has_any_column_privilege(r.oid, 'capacity_changes', 'INSERT') AS inserts,"
+                "       has_table_privilege(r.oid, 'capacity_changes', 'UPDATE, DELETE, TRUNCATE') AS rewrites,"
+                "       has_sequence_privilege(r.oid, 'capacity_changes_id_seq', 'USAGE') AS numbers"
+                "  FROM pg_roles r WHERE r.rolname IN (%s, %s, 'capacity_app') ORDER BY r.rolname = 'capacity_app', 1",
+                (bob, dan),
+            ).fetchall()
+            assert [tuple(r.values())[1:] for r in rights] == [
+                (True, False, False, False),  # bob keeps reading
+                (False, False, False, False),
+                (True, False, False, False),  # the alert check reads the history
+            ]

@@ -10,11 +10,13 @@ from uuid import UUID
 import pytest
 
 from capacity.alerts import AlertRunSummary, Delivery, DeliveryStatus, notice_for
+from capacity.changes import CapacityChange
 from capacity.incidents import (
     Action,
     AlertKind,
     Finding,
     IncidentKey,
+    NoticeType,
     OpenAlert,
     cleared_figures,
     conflict_rate_breached,
@@ -277,3 +279,134 @@ class TestSettings:
         s = AlertSettings.from_env({})
         assert (s.conflict_rate_threshold, s.conflict_min_requests, s.alert_cooldown_minutes) == (0.05, 20, 60)
         assert (s.alert_topic_arn, s.alert_webhook_url, s.include_load_test) == (None, None, False)
+
+
+# -- one incident per capacity change -----------------------------------------------------------
+
+BELOW = AlertKind.CAPACITY_BELOW_BOOKINGS
+ALPHA = {A: {"name": "Alpha", "timezone": "Europe/London"}}
+
+
+def below(day: int, covers: int = 12, max_covers: int = 10, time: str = "19:00") -> SlotState:
+    return SlotState(A, dt.date(2030, 6, day), dt.time.fromisoformat(time), max_covers, 20, covers, 3)
+
+
+def capacity_change(change_id: int, actor: str = "alice") -> CapacityChange:
+    row = {"weekday": 5, "start_time": "17:00:00", "end_time": "22:00:00"}
+    return CapacityChange(
+        change_id, A, NOW, actor, "weekly_rule.update", {**row, "max_covers": 20}, {**row, "max_covers": 10}, "refit"
+    )
+
+
+def slot_of(state: SlotState) -> tuple[UUID, dt.date, dt.time]:
+    return state.restaurant_id, state.date, state.time
+
+
+class TestGrouping:
+    def test_slots_of_one_change_are_one_finding_with_the_worst_named_first(self):
+        states = [below(d, covers=12 + (d == 21) * 5) for d in (7, 14, 21, 28)] + [below(8, time="20:00")]
+        changes = {slot_of(s): capacity_change(4) for s in states[:4]} | {slot_of(states[4]): capacity_change(5)}
+        findings = slot_findings(states, ALPHA, changes)
+        assert [(f.key.incident, f.figures["slotCount"], len(f.members)) for f in findings] == [
+            ("change 4", 4, 4),
+            ("change 5", 1, 1),
+        ]
+        figures = findings[0].figures
+        assert (figures["coversOver"], figures["bookings"], figures["firstDate"], figures["lastDate"]) == (
+            13,
+            12,
+            "2030-06-07",
+            "2030-06-28",
+        )
+        assert [(s["date"], s["coversOver"]) for s in figures["slots"]] == [
+            ("2030-06-21", 7),
+            ("2030-06-07", 2),
+            ("2030-06-14", 2),
+            ("2030-06-28", 2),
+        ]
+        assert figures["slots"][0]["command"] == f"capctl slot show {A} 2030-06-21 19:00"
+        assert (figures["change"]["actor"], figures["command"], figures["timezone"]) == (
+            "alice",
+            "capctl verify",
+            "Europe/London",
+        )
+
+    def test_at_most_five_slots_are_named(self):
+        states = [below(d) for d in range(1, 13)]
+        [f] = slot_findings(states, ALPHA, {slot_of(s): capacity_change(4) for s in states})
+        assert (f.figures["slotCount"], len(f.figures["slots"]), len(f.members)) == (12, 5, 12)
+
+    def test_slots_without_a_recorded_change_are_the_restaurants_one_incident(self):
+        findings = slot_findings([below(7), below(8, time="20:00")], ALPHA, {})
+        assert [(f.key, f.key.incident, f.figures["change"]) for f in findings] == [
+            (IncidentKey(A, BELOW), "no recorded change", None)
+        ]
+
+    def test_a_slot_an_open_incident_names_stays_with_it_whatever_changed_since(self):
+        held = OpenAlert(
+            9,
+            IncidentKey(A, BELOW, change_id=4),
+            "Alpha",
+            NOW - dt.timedelta(hours=2),
+            NOW - dt.timedelta(minutes=5),  # inside the cooldown
+            {"change": {"actor": "alice"}, "openedWithSlots": 12},
+            frozenset({(dt.date(2030, 6, 7), dt.time(19, 0))}),
+        )
+        later = {slot_of(below(7)): capacity_change(6, "carol"), slot_of(below(14)): capacity_change(4)}
+        [f] = slot_findings([below(7), below(14)], ALPHA, later, [held])
+        assert (f.key, f.figures["change"], f.figures["slotCount"], f.figures["openedWithSlots"]) == (
+            held.key,
+            {"actor": "alice"},
+            2,
+            12,
+        )
+        [t] = plan([f], [held], now=NOW, cooldown=COOLDOWN)
+        assert (t.action, t.alert_id, t.notice_type, len(t.members)) == (Action.UPDATE, 9, None, 2)
+
+    def test_all_freed_resolves_once_with_nothing_below(self):
+        group = OpenAlert(
+            9,
+            IncidentKey(A, BELOW, change_id=4),
+            "Alpha",
+            NOW,
+            NOW,
+            {"slotCount": 1, "openedWithSlots": 12, "coversOver": 2, "slots": [{"date": "2030-06-07"}]},
+            frozenset({(dt.date(2030, 6, 7), dt.time(19, 0))}),
+        )
+        [t] = plan([], [group], now=NOW, cooldown=COOLDOWN)
+        assert (t.action, t.notice_type.value) == (Action.RESOLVE, "resolved")
+        assert (t.figures["slotCount"], t.figures["openedWithSlots"], t.figures["slots"]) == (0, 12, [])
+        assert group.slots == [(dt.date(2030, 6, 7), dt.time(19, 0))]
+
+    def test_per_slot_warnings_from_before_008_are_superseded_by_their_group_or_resolved(self):
+        def legacy(alert_id: int, day: int) -> OpenAlert:
+            key = IncidentKey(A, BELOW, (dt.date(2030, 6, day), dt.time(19, 0)))
+            return OpenAlert(alert_id, key, "Alpha", NOW, NOW, {"maxCovers": 10})
+
+        still_below = [below(7), below(14)]
+        [group] = slot_findings(still_below, ALPHA, {slot_of(s): capacity_change(4) for s in still_below})
+        transitions = plan([group], [legacy(1, 7), legacy(2, 14), legacy(3, 21)], now=NOW, cooldown=COOLDOWN)
+        assert [(t.action, t.key.incident, t.notice_type) for t in transitions] == [
+            (Action.OPEN, "change 4", NoticeType.OPENED),
+            (Action.SUPERSEDE, "2030-06-07 19:00", None),
+            (Action.SUPERSEDE, "2030-06-14 19:00", None),
+            (Action.RESOLVE, "2030-06-21 19:00", NoticeType.RESOLVED),
+        ]
+        assert transitions[0].figures["replacesIncidents"] == 2
+        assert transitions[1].figures == {"maxCovers": 10, "supersededBy": "change 4"}
+        assert transitions[0].key.legacy is False and transitions[1].key.legacy is True
+
+    def test_keys_are_labelled_and_ordered_without_parsing(self):
+        keys = [
+            IncidentKey(A, BELOW, change_id=12),
+            IncidentKey(A, AlertKind.CONFLICT_RATE),
+            IncidentKey(A, BELOW),
+            IncidentKey(A, AlertKind.OVERBOOKING, SLOT),
+        ]
+        assert [k.incident for k in sorted(keys, key=lambda k: k.order)] == [
+            "no recorded change",
+            "change 12",
+            "",
+            "2030-06-14 19:00",
+        ]
+        assert [k.grouped for k in keys] == [True, False, True, False]

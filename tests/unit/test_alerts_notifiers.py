@@ -21,6 +21,7 @@ from capacity.notifiers import (
     body,
     notifiers_from_settings,
     subject,
+    title,
     webhook_payload,
 )
 from capacity.settings import AlertSettings
@@ -318,3 +319,184 @@ class TestReviewFindings:
         resolved = body(notice(notice="resolved", figures={"maxCovers": 0, "confirmedCovers": 18, "bookings": 4}))
         assert "Confirmed covers now: 18 (capacity 0): still above the capacity in force" in resolved
         assert "within its capacity" not in resolved
+
+
+# -- one notice per capacity change ------------------------------------------------------------
+
+WEEKLY = {"weekday": 5, "start_time": "17:00:00", "end_time": "22:00:00"}
+
+
+def change(kind: str, before: dict[str, Any] | None, after: dict[str, Any] | None, **more: Any) -> dict[str, Any]:
+    return {
+        "changedAt": "2030-06-10T09:30:12.5Z",
+        "actor": "alice",
+        "kind": kind,
+        "before": before,
+        "after": after,
+        "reason": "kitchen refit",
+        "summary": "s",
+        **more,
+    }
+
+
+def group_notice(**figures: Any) -> Notice:
+    values: dict[str, Any] = {
+        "change": change("weekly_rule.update", {**WEEKLY, "max_covers": 40}, {**WEEKLY, "max_covers": 30}),
+        "timezone": "Europe/London",
+        "slotCount": 1,
+        "openedWithSlots": 1,
+        "coversOver": 6,
+        "confirmedCovers": 36,
+        "bookings": 9,
+        "firstDate": "2030-06-14",
+        "lastDate": "2030-06-14",
+        "slots": [
+            {
+                "date": "2030-06-14",
+                "time": "19:00",
+                "maxCovers": 30,
+                "confirmedCovers": 36,
+                "coversOver": 6,
+                "bookings": 9,
+                "command": "capctl slot show R 2030-06-14 19:00",
+            }
+        ],
+        "command": "capctl verify",
+        **figures,
+    }
+    return notice(alert_type="capacity_below_bookings", severity="warning", incident_key="change 4", figures=values)
+
+
+class TestOneNoticePerChange:
+    def test_one_slot_reads_in_the_singular_and_names_its_command(self):
+        n = group_notice()
+        assert (
+            subject(n)
+            == "[WARNING] Capacity lowered below bookings in 1 slot (Fridays 17:00-22:00) - Test Trattoria (prod)"
+        )
+        lines = body(n).splitlines()
+        assert lines[3] == (
+            "What happened: On 2030-06-10 at 09:30 UTC alice lowered the weekly rule for Fridays 17:00-22:00 from 40 "
+            "to 30 covers (reason: kitchen refit). 1 booked slot now holds more confirmed covers than its capacity."
+        )
+        assert lines[4].startswith(
+            "How bad: 1 slot from 2030-06-14 to 2030-06-14, 6 covers over capacity, in 9 bookings."
+        )
+        assert (
+            "  2030-06-14 19:00: 36 covers in 9 bookings, capacity now 30 (6 over): capctl slot show R 2030-06-14 19:00"
+            in lines
+        )
+        assert not any(line.startswith("  and ") for line in lines) and "This replaces" not in body(n)
+        assert "Next: capctl verify" in lines
+
+    def test_a_reminder_says_still_open_with_the_count_now(self):
+        n = group_notice(slotCount=3, slots=[], firstDate="2030-06-07", lastDate="2030-06-21")
+        reminder = Notice.from_json({**n.as_json(), "notice": "reminder"})
+        assert subject(reminder).startswith("[WARNING, still open] Capacity lowered below bookings in 3 slots (Fridays")
+        assert "  and 3 more: capctl verify lists every slot below bookings" in body(reminder)
+
+    @pytest.mark.parametrize(
+        ("kind", "before", "after", "words", "span"),
+        [
+            (
+                "override.insert",
+                None,
+                {"override_date": "2030-06-14", "start_time": "19:00:00", "end_time": "19:15:00", "max_covers": 4},
+                "added an override for 2030-06-14 19:00-19:15 of 4 covers",
+                "2030-06-14 19:00-19:15",
+            ),
+            (
+                "override.insert",
+                None,
+                {"override_date": "2030-06-25", "max_covers": 1},
+                "added an override for 2030-06-25 (whole day) of 1 cover",
+                "2030-06-25 (whole day)",
+            ),
+            (
+                "weekly_rule.insert",
+                None,
+                {**WEEKLY, "weekday": 1, "max_covers": 5},
+                "added a weekly rule for Mondays 17:00-22:00 of 5 covers",
+                "Mondays 17:00-22:00",
+            ),
+            (
+                "weekly_rule.delete",
+                {**WEEKLY, "max_covers": 40},
+                None,
+                "removed the weekly rule for Fridays 17:00-22:00, which allowed 40 covers",
+                "Fridays 17:00-22:00",
+            ),
+            (
+                "weekly_rule.update",
+                {**WEEKLY, "max_covers": 40},
+                {**WEEKLY, "max_covers": 0},
+                "closed the weekly rule for Fridays 17:00-22:00 (0 covers, was 40 covers)",
+                "Fridays 17:00-22:00",
+            ),
+            (
+                "weekly_rule.update",
+                {**WEEKLY, "max_covers": None},
+                {**WEEKLY, "max_covers": 30},
+                "lowered the weekly rule for Fridays 17:00-22:00 from no limit to 30 covers",
+                "Fridays 17:00-22:00",
+            ),
+            (
+                "weekly_rule.update",
+                {**WEEKLY, "max_covers": 10},
+                {**WEEKLY, "max_covers": 12},
+                "changed the weekly rule for Fridays 17:00-22:00 from 10 to 12 covers",
+                "Fridays 17:00-22:00",
+            ),
+            (
+                "restaurant.update",
+                {"slot_minutes": 15},
+                {"slot_minutes": 30},
+                "changed the slot grid (s)",
+                "the slot grid",
+            ),
+        ],
+    )
+    def test_each_kind_of_change_in_words(self, kind, before, after, words, span):
+        n = group_notice(change=change(kind, before, after))
+        assert f"What happened: On 2030-06-10 at 09:30 UTC alice {words} (reason: kitchen refit)." in body(n)
+        assert title(n).endswith(f"({span})")
+
+    def test_no_recorded_change_and_no_reason_are_said_plainly(self):
+        unexplained = body(group_notice(change=None))
+        assert (
+            "What happened: No recorded change explains it (the rule changed before the capacity history existed)."
+            in unexplained
+        )
+        assert subject(group_notice(change=None)).startswith(
+            "[WARNING] Capacity lowered below bookings in 1 slot (no recorded change)"
+        )
+        odd = change(
+            "weekly_rule.update",
+            {**WEEKLY, "max_covers": 40},
+            {**WEEKLY, "max_covers": 30},
+            reason="",
+            changedAt="yesterday",
+        )
+        assert (
+            "On yesterday alice lowered the weekly rule for Fridays 17:00-22:00 from 40 to 30 covers. 1 booked"
+            in body(group_notice(change=odd))
+        )
+
+    def test_the_resolve_notice_says_every_slot_is_back_and_nothing_to_do(self):
+        n = group_notice(slotCount=0, slots=[], openedWithSlots=12)
+        resolved = Notice.from_json({**n.as_json(), "notice": "resolved", "resolved_at": "2030-06-20T10:00:00Z"})
+        assert (
+            subject(resolved)
+            == "[RESOLVED] Capacity lowered below bookings (Fridays 17:00-22:00) - Test Trattoria (prod)"
+        )
+        lines = body(resolved).splitlines()
+        assert lines[0] == "RESOLVED: Capacity lowered below bookings (Fridays 17:00-22:00) has cleared."
+        assert lines[4] == (
+            "Now: every slot of it is back within its capacity (12 slots when it opened): guests moved or cancelled, "
+            "the capacity restored, or the slot's time has passed. Nothing to do."
+        )
+        assert "Most covers to move" not in body(resolved) and "Resolved: 2030-06-20T10:00:00Z" in lines
+
+    def test_a_group_that_replaces_per_slot_warnings_says_so(self):
+        text = body(group_notice(replacesIncidents=1))
+        assert "This replaces 1 earlier per-slot warning of these slots, closed without a notice." in text

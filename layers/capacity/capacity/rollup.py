@@ -1,8 +1,9 @@
 """The hourly roll-up: observability_events and bookings into ``capacity_metrics_hourly``.
 
-Every run re-aggregates a trailing window of whole UTC hours (the current one included) with
-one set-based statement per traffic class, so events that arrive late are counted by the next
-run and a re-run writes the same rows (``updated_at`` moves only when a figure changed).
+Every run re-aggregates a trailing window of whole UTC hours (the current one included): one
+statement counts its events, one writes both traffic classes. Events that arrive late are
+counted by the next run, and a re-run writes the same rows (``updated_at`` moves only when a
+figure changed).
 Synthetic traffic (``source = 'load-test'``) goes to ``capacity_metrics_hourly_synthetic``, live
 traffic to ``capacity_metrics_hourly``.
 
@@ -283,7 +284,8 @@ def window_slots(conn: DictConnection, start: dt.datetime, end: dt.datetime) -> 
     rules = load_rules(conn, [r["id"] for r in restaurants], dates)
     slots: list[SlotCapacity] = []
     skipped: list[str] = []
-    # Resolving every grid time of every restaurant was most of a small run's time.
+    # Each restaurant resolving every grid time of the window's days on its own took 19-22 ms of a
+    # 50 ms run at 100 restaurants (7 ms shared); it grows with restaurants, this with time zones.
     grids: dict[tuple[str, int], list[tuple[dt.date, dt.time, dt.datetime]]] = {}
     for r in restaurants:
         try:

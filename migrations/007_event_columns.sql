@@ -15,8 +15,8 @@
 -- COST ON A LARGE TABLE. Adding a stored generated column rewrites observability_events under
 -- an ACCESS EXCLUSIVE lock, held to the end of the migration's transaction: every booking
 -- (which writes its outcome event in its own transaction) waits for it and fails at its lock
--- timeout (DB_LOCK_TIMEOUT_MS, 2 s by default). About 3 s per million events on a laptop. An operator of a
--- big table should, instead of running this in traffic:
+-- timeout (DB_LOCK_TIMEOUT_MS, 2 s by default). About 3 s per million events on a laptop. An
+-- operator of a big table should, instead of running this in traffic:
 --   * shrink it first: events older than what the roll-up re-reads (its window, hours) and the
 --     dashboards show are history only; archive and delete them, then VACUUM;
 --   * time the migration on a restored copy, and run it in a quiet window with a lock_timeout
@@ -28,7 +28,8 @@
 --     INSERT INTO schema_migrations (version, name) VALUES (7, '007_event_columns.sql').
 --     (ADD COLUMN IF NOT EXISTS below skips columns that already exist.)
 --
--- Grants: capacity_app's table-wide SELECT/INSERT (005) covers new columns; nothing to grant.
+-- Grants: capacity_app reads observability_events table-wide (005, and 009 keeps it so) and writes
+-- only the contract's columns; nothing to grant for these.
 ALTER TABLE observability_events
     ADD COLUMN IF NOT EXISTS source text
         GENERATED ALWAYS AS (metadata ->> 'source') STORED,

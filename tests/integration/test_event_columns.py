@@ -154,7 +154,7 @@ def test_the_rollup_counts_plain_sql_events_into_the_right_table(conn, restauran
 
 
 def test_the_functions_role_writes_events_and_counts_them(conn, restaurant):
-    """capacity_app (migration 005) needs no grant of its own for the new columns."""
+    """capacity_app (migrations 005, 009) needs no grant of its own for the new columns."""
     conn.execute("SET ROLE capacity_app")
     try:
         event_id = _insert(conn, "booking.success", {"source": "load-test", "attempts": 2})

@@ -18,6 +18,16 @@
 
 -- -------------------------------------------------------------------- 1. capacity_app
 
+-- As in 005 (roles are cluster-wide: a database restored onto a new server may lack it).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'capacity_app') THEN
+        CREATE ROLE capacity_app NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA public TO capacity_app;
+
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM capacity_app;  -- column grants go with them
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM capacity_app;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM capacity_app;

@@ -239,6 +239,37 @@ def test_the_booking_function_runs_every_outcome_as_capacity_app(as_function, co
     ]
 
 
+def test_the_booking_functions_lost_race_and_retry_exhaustion_run_as_capacity_app(as_function, conn, monkeypatch):
+    from capacity import repository
+
+    app = as_function("create_booking", BOOKING_BACKOFF_BASE_MS="1", BOOKING_BACKOFF_CAP_MS="2")
+    read = repository.load_booking_context
+
+    def read_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
+        context = read(*args, **kwargs)
+        conn.execute("INSERT INTO slot_usage VALUES (%s, %s, '19:00', 20)", (RESTAURANT_ID, FUTURE_DATE))
+        return context
+
+    monkeypatch.setattr(repository, "load_booking_context", read_then_lose_the_race)
+    assert invoke(app, post_booking_event(booking_body(), key="race"))[2]["code"] == "capacity_exceeded"
+    monkeypatch.undo()
+
+    def deadlocked(*args: Any, **kwargs: Any) -> Any:
+        raise errors.DeadlockDetected()
+
+    monkeypatch.setattr(repository, "book", deadlocked)
+    assert invoke(app, post_booking_event(booking_body(time="19:15"), key="stuck"))[2]["code"] == "retry_exhausted"
+
+    events = conn.execute("SELECT event_type, count(*)::int AS n FROM observability_events GROUP BY 1").fetchall()
+    assert {e["event_type"]: e["n"] for e in events} == {
+        "booking.capacity_exceeded": 1,
+        "booking.overbook_prevented": 1,
+        "booking.conflict": 3,
+        "booking.retry_exhausted": 1,
+    }
+    assert conn.execute("SELECT count(*)::int AS n FROM bookings").fetchone()["n"] == 0
+
+
 def test_the_rollup_runs_as_capacity_app(as_function, conn):
     now = dt.datetime.now(dt.UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)

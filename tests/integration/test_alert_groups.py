@@ -246,6 +246,46 @@ class TestOneIncidentPerChange:
             (d, dt.time(19, 0), None) for d in thursdays
         ]
 
+    def test_a_reminder_after_the_cooldown_carries_the_slots_below_now(self, twelve_fridays, conn, topic):
+        fridays, bookings = twelve_fridays["fridays"], twelve_fridays["bookings"]
+        check(conn, topic)
+        topic.messages()
+        cancel(conn, bookings[fridays[0]][:1])
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=61)
+        assert check(conn, topic, now=later).reminders == 1
+        [reminder] = topic.messages()
+        assert reminder["subject"] == (
+            # the rule it names is left out before the restaurant's name would be cut
+            "[WARNING, still open] Capacity lowered below bookings in 11 slots - Test Trattoria (test)"
+        )
+        assert f"How bad: 11 slots from {fridays[1]} to {fridays[-1]}, 26 covers over" in reminder["message"]
+
+    def test_slots_no_recorded_change_explains_are_one_incident_per_restaurant(self, seeded_db, conn, topic):
+        """Rules set and changed before the capacity history existed: emulated by a history that
+        holds nothing of this restaurant."""
+        fridays, saturdays = weekdays(5, 2), weekdays(6, 2)
+        for date in fridays + saturdays:
+            book(conn, date, 6, 6)
+        with conn.transaction():
+            conn.execute("ALTER TABLE weekly_rules DISABLE TRIGGER weekly_rules_history")
+            conn.execute("UPDATE weekly_rules SET max_covers = 8 WHERE weekday IN (5, 6)")
+            conn.execute("ALTER TABLE weekly_rules ENABLE TRIGGER weekly_rules_history")
+            conn.execute("ALTER TABLE capacity_changes DISABLE TRIGGER capacity_changes_append_only")
+            conn.execute("DELETE FROM capacity_changes WHERE restaurant_id = %s", (RESTAURANT_ID,))
+            conn.execute("ALTER TABLE capacity_changes ENABLE TRIGGER capacity_changes_append_only")
+        summary = check(conn, topic)
+        assert actions(summary) == [("open", "capacity_below_bookings", "no recorded change")]
+        [row] = incidents(conn)
+        assert (row["change_id"], row["slots"], row["figures"]["change"]) == (None, 4, None)
+        [message] = topic.messages()
+        assert message["subject"] == (
+            "[WARNING] Capacity lowered below bookings in 4 slots (no recorded change) - Test Trattoria (test)"
+        )
+        assert (
+            "What happened: No recorded change explains it (the rule changed before the capacity history "
+            "existed). 4 booked slots now hold more confirmed covers than their capacity." in message["message"]
+        )
+
 
 class TestBeforeMigration008:
     def test_open_per_slot_warnings_are_closed_into_their_group_or_resolved(self, twelve_fridays, conn, topic):

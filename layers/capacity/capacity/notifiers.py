@@ -75,15 +75,17 @@ def _percent(value: Any) -> str:
     return f"{float(value) * 100:.1f}%"
 
 
-def title(notice: Notice) -> str:
+def title(notice: Notice, *, brief: bool = False) -> str:
+    """What the notice is about, in a few words; ``brief`` leaves out what a subject line can
+    spare (the rule a grouped notice names, which its body gives)."""
     f = notice.figures
     if notice.alert_type == AlertKind.OVERBOOKING:
         return f"Overbooked slot {notice.incident_key}"
     if grouped(notice):
-        scope = rule_span(f.get("change")) or "no recorded change"
+        scope = "" if brief else f" ({rule_span(f.get('change')) or 'no recorded change'})"
         if notice.notice == NoticeType.RESOLVED:
-            return f"Capacity lowered below bookings ({scope})"
-        return f"Capacity lowered below bookings in {_plural(int(f.get('slotCount', 0)), 'slot')} ({scope})"
+            return f"Capacity lowered below bookings{scope}"
+        return f"Capacity lowered below bookings in {_plural(int(f.get('slotCount', 0)), 'slot')}{scope}"
     if notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS:
         return f"Capacity lowered below bookings {notice.incident_key}"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
@@ -106,10 +108,13 @@ def _ascii(text: str) -> str:
 
 
 def subject(notice: Notice) -> str:
-    text = _ascii(f"[{_label(notice)}] {title(notice)} - {notice.restaurant_name} ({notice.environment})")
-    if len(text) > SUBJECT_MAX:
-        text = text[: SUBJECT_MAX - 3].rstrip() + "..."
-    return text
+    """One ASCII line of at most 100 characters; the restaurant's name is kept before the rule a
+    grouped notice names."""
+    for words in (title(notice), title(notice, brief=True)):
+        text = _ascii(f"[{_label(notice)}] {words} - {notice.restaurant_name} ({notice.environment})")
+        if len(text) <= SUBJECT_MAX:
+            return text
+    return text[: SUBJECT_MAX - 3].rstrip() + "..."
 
 
 def dashboard_link(notice: Notice) -> str | None:

@@ -81,10 +81,15 @@ GRANT SELECT ON capacity_changes TO capacity_app;
 
 -- -------------------------------------------------------------------- 2. the history's writer
 
+-- capacity.actor is whatever the session says (any role may set it): db_role records, beside it,
+-- the database role that made the change, which no session can choose. NULL on rows before 009.
+ALTER TABLE capacity_changes ADD COLUMN IF NOT EXISTS db_role text;
+
 -- Who: capacity.actor when the application names itself (capctl seed --actor); else the role in
--- effect and the login it came through ("ops_alice via postgres" after SET ROLE). current_user
--- would be this function's owner here (SECURITY DEFINER), so the role in effect is read from the
--- session: the `role` setting (what SET ROLE set, 'none' when nothing did) and session_user.
+-- effect and the login it came through ("ops_alice via postgres" after SET ROLE), which is also
+-- db_role. current_user would be this function's owner here (SECURITY DEFINER), so the role in
+-- effect is read from the session: the `role` setting (what SET ROLE set, 'none' when nothing
+-- did) and session_user.
 -- The subject comes from the table the trigger fired on, not from an argument: attached to any
 -- other table (it cannot be: EXECUTE is revoked below, and CREATE TRIGGER needs it) it refuses.
 -- search_path fixed and every relation qualified, as PostgreSQL requires of a SECURITY DEFINER
@@ -99,6 +104,7 @@ DECLARE
     ignored     text[] := ARRAY['id', 'name', 'created_at', 'updated_at', 'managed_by'];
     restaurant  uuid;
     role_set    text := current_setting('role');
+    in_effect   text;  -- the role in effect, and the login it came through
 BEGIN
     subject := CASE TG_RELID
                    WHEN 'public.weekly_rules'::regclass THEN 'weekly_rule'
@@ -114,13 +120,14 @@ BEGIN
     IF TG_OP = 'UPDATE' AND (old_row - ignored) = (new_row - ignored) THEN
         RETURN NULL;
     END IF;
+    in_effect := CASE WHEN role_set IN ('none', session_user::text) THEN session_user::text
+                      ELSE role_set || ' via ' || session_user END;
     restaurant := (coalesce(new_row, old_row) ->> CASE subject WHEN 'restaurant' THEN 'id' ELSE 'restaurant_id' END)::uuid;
-    INSERT INTO public.capacity_changes (restaurant_id, actor, kind, before, after, reason)
+    INSERT INTO public.capacity_changes (restaurant_id, actor, db_role, kind, before, after, reason)
     VALUES (
         restaurant,
-        coalesce(nullif(current_setting('capacity.actor', true), ''),
-                 CASE WHEN role_set IN ('none', session_user::text) THEN session_user::text
-                      ELSE role_set || ' via ' || session_user END),
+        coalesce(nullif(current_setting('capacity.actor', true), ''), in_effect),
+        in_effect,
         subject || '.' || lower(TG_OP),
         old_row,
         new_row,

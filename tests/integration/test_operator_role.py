@@ -44,7 +44,7 @@ def alice(seeded_db: str, conn: Any) -> Iterator[str]:
 
 
 def changes(conn: Any) -> list[dict[str, Any]]:
-    return conn.execute("SELECT actor, kind, reason FROM capacity_changes ORDER BY id").fetchall()
+    return conn.execute("SELECT actor, db_role, kind, reason FROM capacity_changes ORDER BY id").fetchall()
 
 
 def test_an_operator_runs_on_calls_commands_and_is_named_in_the_history(
@@ -75,10 +75,10 @@ def test_an_operator_runs_on_calls_commands_and_is_named_in_the_history(
         capsys, "slot", "close", RESTAURANT_ID, FUTURE_DATE, "20:00", "--reason", "burst pipe", "--actor", "alice"
     )
     assert (code, err) == (0, "")
-    assert [(c["actor"], c["kind"], c["reason"]) for c in changes(conn)[-3:]] == [
-        ("alice", "restaurant.update", "capctl seed seed.json"),
-        ("alice", "override.insert", "short-staffed"),
-        ("alice", "override.insert", "burst pipe"),
+    assert [tuple(c.values()) for c in changes(conn)[-3:]] == [
+        ("alice", alice, "restaurant.update", "capctl seed seed.json"),
+        ("alice", alice, "override.insert", "short-staffed"),
+        ("alice", alice, "override.insert", "burst pipe"),
     ]
 
     # cancel a booking as the API would: status, freed covers, an event
@@ -92,7 +92,7 @@ def test_an_operator_runs_on_calls_commands_and_is_named_in_the_history(
     # plain SQL as their own login: named as themselves, with no right on the history
     with psycopg.connect(login_url(seeded_db, alice), autocommit=True) as ops:
         ops.execute("UPDATE weekly_rules SET max_covers = 18 WHERE weekday = 6")
-    assert changes(conn)[-1] == {"actor": alice, "kind": "weekly_rule.update", "reason": ""}
+    assert changes(conn)[-1] == {"actor": alice, "db_role": alice, "kind": "weekly_rule.update", "reason": ""}
 
 
 REFUSED = [

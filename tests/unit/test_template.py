@@ -354,8 +354,13 @@ def test_globals_runtime_architecture_and_layer(template):
     assert fn_globals["Layers"] == [{"Ref": "CapacityLayer"}]
     layer = template["Resources"]["CapacityLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    # sam build fetches the wheels for BuildArchitecture; the functions must run on the same.
-    assert layer["Metadata"] == {"BuildMethod": fn_globals["Runtime"], "BuildArchitecture": arch}
+    # The layer's Makefile fetches the wheels for the functions' runtime and architecture.
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": arch}
+    build = (ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    assert "build-CapacityLayer:" in build
+    assert f"--python-version {fn_globals['Runtime'].removeprefix('python')}" in build
+    assert {"manylinux2014_aarch64", "manylinux_2_28_aarch64"} <= set(re.findall(r"--platform (\S+)", build))
+    assert "--invalidation-mode unchecked-hash" in build  # the .pyc used whatever the zip's file times
     assert fn_globals["Runtime"] in layer["Properties"]["CompatibleRuntimes"]
     assert layer["Properties"]["CompatibleArchitectures"] == fn_globals["Architectures"]
     content = ROOT / layer["Properties"]["ContentUri"]

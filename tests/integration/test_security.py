@@ -15,11 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors, sql
+from psycopg import errors
 
 from capctl.apigw import rest_event
 from capctl.handlers import load_handler
 from capctl.serve import LocalApi
+from tests.roles import login_url, temporary_role
 from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
 
 API_KEY = "security-key"
@@ -173,14 +174,10 @@ def test_hostile_strings_are_stored_verbatim(booking_app, conn, text):
 
 @pytest.fixture
 def function_user(db_url: str) -> Any:
-    """A login user that is a member of capacity_app only, as the functions' user is."""
-    name = f"capacity_fn_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(db_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE capacity_app").format(sql.Identifier(name)))
-    yield psycopg.conninfo.make_conninfo(db_url, user=name)
-    with psycopg.connect(db_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    """A login user that is a member of capacity_app only, as the functions' user is (what that
+    role may do, table by table: test_db_roles.py)."""
+    with temporary_role(db_url, "capacity_fn", login=True, member_of="capacity_app") as name:
+        yield login_url(db_url, name)
 
 
 DDL = [

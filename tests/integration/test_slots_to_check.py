@@ -139,10 +139,18 @@ def test_the_alert_check_counts_every_booked_slot_of_the_window(conn):
         if today - dt.timedelta(days=1) <= s.date <= today + dt.timedelta(days=7):
             expected.append(s)
     assert summary.slots_checked == len(expected)
-    opened = sorted((t.key.restaurant_id, t.key.incident) for t in summary.transitions)
-    assert opened == sorted(
-        (s.restaurant_id, f"{s.date.isoformat()} {s.time.strftime('%H:%M')}")
-        for s in expected
-        # a slot below its bookings that has begun has no guests left to move: no warning
-        if s.over_capacity or (s.below_bookings and not s.has_begun(zones[s.restaurant_id], now))
+    # an overbooked slot: one incident each
+    overbooked = sorted((t.key.restaurant_id, t.key.incident) for t in summary.transitions if t.key.slot)
+    assert overbooked == sorted(
+        (s.restaurant_id, f"{s.date.isoformat()} {s.time.strftime('%H:%M')}") for s in expected if s.over_capacity
     )
+    # slots below their bookings: one incident per change behind them, naming exactly those slots
+    # (a slot that has begun has no guests left to move: no warning)
+    grouped = [t for t in summary.transitions if t.key.grouped]
+    assert len(grouped) == len({t.key for t in grouped})
+    assert sorted((t.key.restaurant_id, *slot) for t in grouped for slot in t.members) == sorted(
+        (s.restaurant_id, s.date, s.time)
+        for s in expected
+        if s.below_bookings and not s.has_begun(zones[s.restaurant_id], now)
+    )
+    assert grouped and len(grouped) < sum(len(t.members) for t in grouped)

@@ -1,4 +1,5 @@
-"""`capctl verify [--json]`: reconcile every booked slot, and tell the two conditions apart.
+"""`capctl verify [--restaurant ID] [--change ID|none] [--json]`: reconcile every booked slot,
+and tell the two conditions apart.
 
 * **overbooked** — confirmed covers exceed the capacity they were accepted under: the guard
   failed or was bypassed. Exit 1.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from typing import Any
 
 from capacity.changes import change_behind, change_line
@@ -19,7 +21,28 @@ from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_st
 from capctl.text import plural
 
 
+def _restaurant(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a restaurant id (a UUID): {value!r}") from None
+
+
+def _change(value: str) -> str:
+    if value != "none" and not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not a change id (a number, or none): {value!r}")
+    return value if value == "none" else str(int(value))
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--restaurant", metavar="ID", type=_restaurant, help="only this restaurant's slots")
+    parser.add_argument(
+        "--change",
+        metavar="ID",
+        type=_change,
+        help="of the slots below bookings, only those this capacity change explains (the id an alert names;"
+        " none: those no recorded change explains); overbooked slots are always listed",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the result as JSON (overCapacitySlots, belowBookingsSlots)"
     )
@@ -29,17 +52,22 @@ def _names(conn: DictConnection) -> dict[str, str]:
     return {str(r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM restaurants")}
 
 
-def verify(conn: DictConnection) -> dict[str, Any]:
-    """Every booked slot: the overbooked ones (any date: a guard failure stays one), and the ones
-    below bookings that have not begun yet (a dinner that is over has no guests left to move)."""
-    states = slot_states(conn)
+def verify(
+    conn: DictConnection, *, restaurant_id: uuid.UUID | None = None, change: str | None = None
+) -> dict[str, Any]:
+    """Every booked slot (of one restaurant): the overbooked ones (any date: a guard failure stays
+    one), and the ones below bookings that have not begun yet (a dinner that is over has no guests
+    left to move) — of one capacity change when ``change`` names its id ("none": no recorded change)."""
+    states = slot_states(conn, restaurant_ids=None if restaurant_id is None else [restaurant_id])
     zones = {r["id"]: r["timezone"] for r in conn.execute("SELECT id, timezone FROM restaurants")}
     below = []
     for s in below_bookings(states):
         if s.has_begun(zones.get(s.restaurant_id, "UTC")):
             continue
-        change = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
-        below.append({**s.as_json(), "command": _command(s), "change": change.as_json() if change else None})
+        behind = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
+        if change is not None and change != ("none" if behind is None else str(behind.id)):
+            continue
+        below.append({**s.as_json(), "command": _command(s), "change": behind.as_json() if behind else None})
     over = [{**s.as_json(), "command": _command(s)} for s in over_capacity(states)]
     return {"slots": len(states), "overCapacitySlots": over, "belowBookingsSlots": below, "passed": not over}
 
@@ -85,7 +113,7 @@ def run(args: argparse.Namespace, name: str) -> int:
     from capctl import database
 
     with database.connection() as conn:
-        result = verify(conn)
+        result = verify(conn, restaurant_id=args.restaurant, change=args.change)
         names = _names(conn)
     print(json.dumps(result, indent=2) if args.json else render(result, names))
     return 0 if result["passed"] else 1

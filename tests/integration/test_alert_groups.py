@@ -18,7 +18,7 @@ from capacity.notifiers import notifiers_from_settings
 from capacity.settings import AlertSettings
 from capctl import cli
 from tests.alerting import GUEST, LONDON, overbook
-from tests.command_line import on_database
+from tests.command_line import on_database, run
 from tests.support import FUTURE, RESTAURANT_ID
 
 pytestmark = pytest.mark.integration
@@ -147,8 +147,9 @@ class TestOneIncidentPerChange:
             f"  {fridays[1]} 19:00: 12 covers in 3 bookings, capacity now 10 (2 over): "
             f"capctl slot show {RESTAURANT_ID} {fridays[1]} 19:00",
         ]
-        assert "  and 7 more: capctl verify lists every slot below bookings" in text
-        assert "Next: capctl verify" in text
+        listing = f"capctl verify --restaurant {RESTAURANT_ID} --change {change_id}"
+        assert f"  and 7 more: {listing} lists them all" in text
+        assert f"Next: {listing}" in text
         assert "Runbook: https://runbooks.example/capacity#capacity-below-bookings" in text
         for personal in GUEST.values():
             assert personal not in text
@@ -349,10 +350,46 @@ def test_check_alerts_json_names_the_change_and_its_slots(seeded_db, twelve_frid
     assert (figures["slotCount"], figures["coversOver"], figures["command"], len(figures["slots"])) == (
         12,
         28,
-        "capctl verify",
+        f"capctl verify --restaurant {RESTAURANT_ID} --change {twelve_fridays['change_id']}",
         5,
     )
     assert figures["change"]["actor"] == "ops_alice"
     assert [(d["channel"], d["notice"], d["incident"], d["status"]) for d in summary["deliveries"]] == [
         ("sns", "opened", f"change {twelve_fridays['change_id']}", "sent")
     ]
+
+
+def test_the_command_a_notice_names_lists_exactly_its_slots(seeded_db, twelve_fridays, conn, monkeypatch, capsys):
+    """`capctl verify --restaurant R --change N`, the grouped notice's command: the change's slots
+    below bookings, all twelve (the notice names five); no others, none for another change."""
+    on_database(monkeypatch, seeded_db)
+    change_id = twelve_fridays["change_id"]
+    listed = verified(capsys, "--restaurant", RESTAURANT_ID, "--change", str(change_id))
+    assert sorted(s["date"] for s in listed["belowBookingsSlots"]) == [d.isoformat() for d in twelve_fridays["fridays"]]
+    assert {s["change"]["id"] for s in listed["belowBookingsSlots"]} == {change_id}
+    assert verified(capsys, "--restaurant", RESTAURANT_ID, "--change", "none")["belowBookingsSlots"] == []
+    assert verified(capsys, "--restaurant", RESTAURANT_ID, "--change", str(change_id + 1))["belowBookingsSlots"] == []
+    assert verified(capsys, "--restaurant", str(uuid.uuid4()))["slots"] == 0
+    assert len(verified(capsys)["belowBookingsSlots"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--restaurant", "trattoria"], "not a restaurant id (a UUID): 'trattoria'"),
+        (["--change", "latest"], "not a change id (a number, or none): 'latest'"),
+    ],
+)
+def test_verify_refuses_a_bad_restaurant_or_change_with_its_usage(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["verify", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.splitlines()[-1].endswith(says) and err.startswith("usage: capctl verify")
+
+
+def verified(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code, out, err = run(capsys, "verify", "--json", *argv)
+    assert (code, err) == (0, "")
+    result: dict[str, Any] = json.loads(out)
+    return result

@@ -327,7 +327,7 @@ class TestGrouping:
         assert figures["slots"][0]["command"] == f"capctl slot show {A} 2030-06-21 19:00"
         assert (figures["change"]["actor"], figures["command"], figures["timezone"]) == (
             "alice",
-            "capctl verify",
+            f"capctl verify --restaurant {A} --change 4",
             "Europe/London",
         )
 

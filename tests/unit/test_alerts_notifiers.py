@@ -402,7 +402,7 @@ class TestOneNoticePerChange:
             subject(reminder)
             == "[WARNING, still open] Capacity lowered below bookings in 3 slots - Test Trattoria (prod)"
         )
-        assert "  and 3 more: capctl verify lists every slot below bookings" in body(reminder)
+        assert "  and 3 more: capctl verify lists them all" in body(reminder)
 
     @pytest.mark.parametrize(
         ("kind", "before", "after", "words", "span"),

@@ -65,9 +65,8 @@ SEVERITY = {
 # the number of slots it put below their bookings.
 SLOT_ALERTS = frozenset({AlertKind.OVERBOOKING, AlertKind.CAPACITY_BELOW_BOOKINGS})
 MAX_BOOKING_IDS = 20  # booking ids carried by a notice; `capctl slot show` lists them all
-MAX_SLOTS_NAMED = 5  # slots a grouped notice names; `capctl verify` lists them all
+MAX_SLOTS_NAMED = 5  # slots a grouped notice names; its command (below_bookings_command) lists them all
 NO_RECORDED_CHANGE = "no recorded change"
-LIST_BELOW_BOOKINGS = "capctl verify"  # every slot below bookings, each with the change behind it
 
 SlotTime = tuple[dt.date, dt.time]  # a slot of one restaurant: local date and time
 
@@ -294,7 +293,7 @@ def below_bookings_findings(
     findings = []
     for key, members in groups.items():
         restaurant = restaurants.get(key.restaurant_id, {})
-        figures = group_figures(members, restaurant.get("timezone", ""), causes[key])
+        figures = group_figures(key, members, restaurant.get("timezone", ""), causes[key])
         earlier = opened.get(key)
         if earlier is not None:
             # How many it named when it opened: a resolve notice says "all 12".
@@ -308,7 +307,15 @@ def covers_over(state: SlotState) -> int:
     return 0 if state.max_covers is None else max(state.confirmed_covers - state.max_covers, 0)
 
 
-def group_figures(states: Sequence[SlotState], timezone: str, change: dict[str, Any] | None) -> dict[str, Any]:
+def below_bookings_command(restaurant_id: UUID, change_id: int | None) -> str:
+    """What lists every slot of one grouped incident: its restaurant's slots below bookings that
+    its change explains (``--change none``: those no recorded change explains)."""
+    return f"capctl verify --restaurant {restaurant_id} --change {'none' if change_id is None else change_id}"
+
+
+def group_figures(
+    key: IncidentKey, states: Sequence[SlotState], timezone: str, change: dict[str, Any] | None
+) -> dict[str, Any]:
     """A grouped incident's figures: its change, how many slots, the worst few, the command."""
     worst = sorted(states, key=lambda s: (-covers_over(s), s.date, s.time))
     dates = sorted(s.date for s in states)
@@ -335,7 +342,7 @@ def group_figures(states: Sequence[SlotState], timezone: str, change: dict[str, 
             }
             for s in worst[:MAX_SLOTS_NAMED]
         ],
-        "command": LIST_BELOW_BOOKINGS,
+        "command": below_bookings_command(key.restaurant_id, key.change_id),
     }
 
 

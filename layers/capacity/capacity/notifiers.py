@@ -281,7 +281,7 @@ def _group_lines(notice: Notice) -> list[str]:
         *(_slot_line(slot) for slot in slots),
     ]
     if count > len(slots):
-        lines.append(f"  and {count - len(slots)} more: {f.get('command')} lists every slot below bookings")
+        lines.append(f"  and {count - len(slots)} more: {f.get('command')} lists them all")
     lines += [
         "What to do: if the change was a mistake, restore the capacity (capctl seed with the corrected file, "
         f"--actor your name); if it stands, move the guests above it, soonest slot first ({f.get('firstDate')}).",

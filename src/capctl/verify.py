@@ -64,7 +64,7 @@ def verify(
     for s in below_bookings(states):
         if s.has_begun(zones.get(s.restaurant_id, "UTC")):
             continue
-        behind = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
+        behind = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at, covers=s.confirmed_covers)
         if change is not None and change != ("none" if behind is None else str(behind.id)):
             continue
         below.append({**s.as_json(), "command": _command(s), "change": behind.as_json() if behind else None})

@@ -393,3 +393,25 @@ def verified(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     assert (code, err) == (0, "")
     result: dict[str, Any] = json.loads(out)
     return result
+
+
+def test_a_recorded_change_that_still_fits_the_covers_is_not_named_as_the_cause(seeded_db, conn, topic):
+    """The seed's own history ("new weekly rule … max covers 20") stays; the lowering to 8 is made
+    unrecorded. 12 covers fit under 20, so that rule's creation explains nothing: the incident is
+    'no recorded change', not a notice blaming whoever seeded the restaurant."""
+    fridays = weekdays(5, 2)
+    for date in fridays:
+        book(conn, date, 6, 6)
+    with conn.transaction():
+        conn.execute("ALTER TABLE weekly_rules DISABLE TRIGGER weekly_rules_history")
+        conn.execute("UPDATE weekly_rules SET max_covers = 8 WHERE weekday = 5")
+        conn.execute("ALTER TABLE weekly_rules ENABLE TRIGGER weekly_rules_history")
+    created = conn.execute(
+        "SELECT count(*) AS n FROM capacity_changes WHERE restaurant_id = %s AND kind = 'weekly_rule.insert'",
+        (RESTAURANT_ID,),
+    ).fetchone()
+    assert created["n"] > 0  # the seed's creation of the rules is in the history
+    summary = check(conn, topic)
+    assert actions(summary) == [("open", "capacity_below_bookings", "no recorded change")]
+    [row] = incidents(conn)
+    assert (row["change_id"], row["slots"], row["figures"]["change"]) == (None, 2, None)

@@ -222,7 +222,9 @@ class AlertChecker:
         # holds yet (a held slot stays with its incident: ``incidents.below_bookings_findings``).
         held = {(a.key.restaurant_id, *slot) for a in open_alerts if a.key.grouped for slot in a.members}
         changes = {
-            (s.restaurant_id, s.date, s.time): change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at)
+            (s.restaurant_id, s.date, s.time): change_behind(
+                conn, s.restaurant_id, s.date, s.time, s.last_booked_at, covers=s.confirmed_covers
+            )
             for s in states
             if s.below_bookings and (s.restaurant_id, s.date, s.time) not in held
         }

@@ -76,6 +76,18 @@ class CapacityChange(CamelJson):
             return False
         return _capacity(self.before) != _capacity(self.after) or self.before is None or self.after is None
 
+    def leaves_below(self, covers: int) -> bool:
+        """Could this change be why a slot holding ``covers`` is below them? A rule removed, the
+        slot grid changed, or a capacity set under ``covers``; not a rule that still fits them
+        (e.g. the seed's first "new weekly rule … max covers 20" of a slot holding 12), nor the
+        restaurant's creation."""
+        if self.subject == "restaurant":
+            return self.before is not None and self.after is not None  # its slot grid (``touches``)
+        if self.after is None:
+            return True
+        limit = self.after.get("max_covers")
+        return limit is not None and int(limit) < covers
+
     @property
     def subject(self) -> str:
         return self.kind.split(".", 1)[0]
@@ -121,12 +133,19 @@ def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, ti
 
 
 def change_behind(
-    conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time, since: dt.datetime | None
+    conn: DictConnection,
+    restaurant_id: UUID,
+    date: dt.date,
+    time: dt.time,
+    since: dt.datetime | None,
+    *,
+    covers: int,
 ) -> CapacityChange | None:
-    """The change that explains a slot below its bookings: the latest change of a rule's covers
-    touching the slot made after ``since`` (its latest booking), else the latest such change at
-    all; a change of the slot grid only when no rule change touches the slot."""
-    changes = changes_of_slot(conn, restaurant_id, date, time)
+    """The change that explains a slot below its bookings (``covers`` confirmed): the latest
+    change of a rule's covers touching the slot, leaving it under those covers, made after
+    ``since`` (its latest booking), else the latest such change at all; a change of the slot grid
+    only when no rule change touches the slot; None when no recorded change could explain it."""
+    changes = [c for c in changes_of_slot(conn, restaurant_id, date, time) if c.leaves_below(covers)]
     for candidates in ([c for c in changes if c.changes_capacity], changes):
         later = [c for c in candidates if since is None or c.changed_at >= since]
         found = later or candidates

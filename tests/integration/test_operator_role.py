@@ -60,6 +60,10 @@ def test_an_operator_runs_on_calls_commands_and_is_named_in_the_history(
     code, out, _ = run(capsys, "slot", "show", RESTAURANT_ID, FUTURE_DATE, "19:00", "--with-contact")
     assert code == 0 and "Ada Lovelace / ada@example.com" in out
     assert run(capsys, "check-alerts", "--dry-run")[0] == 0
+    # the dashboard: drawn from the roll-up as the schedule left it (an operator may not write it)
+    code, out, err = run(capsys, "dashboard", "--out", str(tmp_path / "dashboard.html"))
+    assert (code, out.startswith("wrote "), "may not run the roll-up" in err) == (0, True, True)
+    assert "Test Trattoria" in (tmp_path / "dashboard.html").read_text()
 
     # change capacity: a seed and a close, under the name given
     seed = copy.deepcopy(BASE_SEED)

@@ -38,7 +38,8 @@ from capacity.db import DictConnection
 from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL
 from capacity.outcomes import MetricName
 from capacity.rollup import LIVE_TABLE, SYNTHETIC_TABLE, run_rollup
-from capacity.settings import AlertSettings, SettingsError
+from capacity.scheduled_settings import AlertSettings
+from capacity.settings import SettingsError
 from capctl import database, pages
 from capctl.errors import UserError
 from capctl.panels import PANELS, TABLES, Metric, Panel, Source, Threshold

@@ -19,7 +19,8 @@ from capacity.alerts import AlertChecker, AlertRunSummary
 from capacity.db import DictConnection
 from capacity.notifiers import notifiers_from_settings
 from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, RollupSummary, hour_totals, run_rollup
-from capacity.settings import AlertSettings, RollupSettings, SettingsError
+from capacity.scheduled_settings import AlertSettings, RollupSettings
+from capacity.settings import SettingsError
 from capctl import database
 from capctl.errors import UserError
 from capctl.text import plural

@@ -15,7 +15,7 @@ import pytest
 
 from capacity.alerts import AlertChecker
 from capacity.notifiers import notifiers_from_settings
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 from capctl import cli
 from tests.alerting import GUEST, LONDON, overbook
 from tests.command_line import on_database, run

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from capacity.alerts import AlertChecker
 from capacity.notifiers import DeliveryError, SnsNotifier, WebhookNotifier, notifiers_from_settings
-from capacity.settings import DEFAULT_RUNBOOK_URL, AlertSettings
+from capacity.scheduled_settings import DEFAULT_RUNBOOK_URL, AlertSettings
 from capctl import demo
 from capctl.sns_inbox import SnsInbox
 from tests.alerting import (

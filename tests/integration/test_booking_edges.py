@@ -18,7 +18,8 @@ from capacity import repository
 from capacity.db import Database, resolve_database_url
 from capacity.reconcile import slot_states
 from capacity.rules import Override
-from capacity.settings import AlertSettings, DatabaseSettings
+from capacity.scheduled_settings import AlertSettings
+from capacity.settings import DatabaseSettings
 from capctl.apigw import rest_event
 from capctl.handlers import load_handler
 from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event, with_header

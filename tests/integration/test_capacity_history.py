@@ -16,7 +16,7 @@ import pytest
 
 from capacity.alerts import AlertChecker
 from capacity.notifiers import notifiers_from_settings
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 from tests.command_line import on_database, one_line_error, run
 from tests.roles import login_url, temporary_role
 from tests.support import (

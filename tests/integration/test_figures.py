@@ -12,7 +12,7 @@ from capacity import figures
 from capacity.alerts import AlertChecker
 from capacity.outcomes import LOAD_TEST_SOURCE, EventType
 from capacity.rollup import SYNTHETIC_TABLE, run_rollup
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 from capctl import load, report
 from tests.alerting import insert_event
 from tests.support import FUTURE, RESTAURANT_ID

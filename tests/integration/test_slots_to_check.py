@@ -14,7 +14,7 @@ import pytest
 
 from capacity.alerts import AlertChecker
 from capacity.reconcile import SlotState, slot_states, slots_to_check
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,8 @@ from capacity.incidents import (
     slot_findings,
 )
 from capacity.reconcile import SlotState
-from capacity.settings import AlertSettings, SettingsError
+from capacity.scheduled_settings import AlertSettings
+from capacity.settings import SettingsError
 
 A = UUID("11111111-2222-4333-8444-555555555555")
 B = UUID("99999999-8888-4777-8666-555555555555")

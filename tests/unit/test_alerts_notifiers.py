@@ -24,7 +24,7 @@ from capacity.notifiers import (
     title,
     webhook_payload,
 )
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 from tests.alerting import notice
 from tests.support import RESTAURANT_ID as RID
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from capacity.outcomes import MetricName
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 from capctl import panels
 from tests.cfn import load_template
 

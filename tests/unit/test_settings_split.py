@@ -42,23 +42,21 @@ def test_the_scheduled_functions_build_their_own_settings(function, own):
     assert own in loaded["settings"]
 
 
-def test_the_scheduled_settings_still_resolve_from_capacity_settings():
-    assert settings.AlertSettings is scheduled_settings.AlertSettings
-    assert settings.RollupSettings is scheduled_settings.RollupSettings
-    assert settings.DEFAULT_RUNBOOK_URL == scheduled_settings.DEFAULT_RUNBOOK_URL
-    assert issubclass(settings.AlertSettings, settings.DatabaseSettings)
-    with pytest.raises(AttributeError, match="no attribute 'NoSuchSettings'"):
-        _ = settings.NoSuchSettings  # type: ignore[attr-defined]
+def test_the_scheduled_settings_are_not_in_the_booking_functions_module():
+    assert issubclass(scheduled_settings.AlertSettings, settings.DatabaseSettings)
+    assert not hasattr(settings, "AlertSettings") and not hasattr(settings, "RollupSettings")
 
 
 def test_the_split_settings_validate_as_before():
-    alert = settings.AlertSettings.from_env({"CONFLICT_RATE_THRESHOLD": "0.1", "RUNBOOK_URL": "https://w.example/r#x"})
+    alert = scheduled_settings.AlertSettings.from_env(
+        {"CONFLICT_RATE_THRESHOLD": "0.1", "RUNBOOK_URL": "https://w.example/r#x"}
+    )
     assert (alert.conflict_rate_threshold, alert.runbook_url) == (0.1, "https://w.example/r")
-    assert settings.RollupSettings.from_env({"ROLLUP_HOURS": "6"}).rollup_hours == 6
+    assert scheduled_settings.RollupSettings.from_env({"ROLLUP_HOURS": "6"}).rollup_hours == 6
     with pytest.raises(SettingsError, match=r"^invalid setting ALERT_TOPIC_ARN: must be an SNS topic ARN"):
-        settings.AlertSettings.from_env({"ALERT_TOPIC_ARN": "topic"})
+        scheduled_settings.AlertSettings.from_env({"ALERT_TOPIC_ARN": "topic"})
     with pytest.raises(SettingsError, match=r"^invalid setting ROLLUP_HOURS: "):
-        settings.RollupSettings.from_env({"ROLLUP_HOURS": "0"})
+        scheduled_settings.RollupSettings.from_env({"ROLLUP_HOURS": "0"})
 
 
 BASES = [

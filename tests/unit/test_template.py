@@ -26,14 +26,8 @@ from capacity.outcomes import (
     ProblemCode,
     problem_body,
 )
-from capacity.settings import (
-    DEFAULT_RUNBOOK_URL,
-    AlertSettings,
-    BookingSettings,
-    DatabaseSettings,
-    RollupSettings,
-    SettingsError,
-)
+from capacity.scheduled_settings import DEFAULT_RUNBOOK_URL, AlertSettings, RollupSettings
+from capacity.settings import BookingSettings, DatabaseSettings, SettingsError
 from capctl.apigw import RESOURCES
 from tests.cfn import load_template
 

@@ -16,7 +16,8 @@ from capacity.http import declared_media_type, media_type_refusal, problem_respo
 from capacity.idempotency import ANONYMOUS_TENANT, fingerprint, tenant_of, valid_key
 from capacity.models import BookingRequest
 from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE, PROBLEM_TITLES, ProblemCode, ProblemError, problem_body
-from capacity.settings import AlertSettings, BookingSettings, SettingsError
+from capacity.scheduled_settings import AlertSettings
+from capacity.settings import BookingSettings, SettingsError
 from tests.problems import PROBLEM_MEMBERS
 from tests.support import booking_body
 

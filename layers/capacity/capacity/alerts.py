@@ -56,7 +56,7 @@ from capacity.incidents import (
 from capacity.notifiers import Channel, DeliveryError, Notice, Notifier
 from capacity.outcomes import RECONCILE_SOURCE, EventType
 from capacity.reconcile import SlotKey, SlotState, slot_states_of, slots_to_check
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 
 RATE_WINDOW = dt.timedelta(hours=1)
 RETRY_HORIZON = dt.timedelta(hours=24)  # an unsent notice older than this is not worth sending

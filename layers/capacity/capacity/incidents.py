@@ -23,7 +23,7 @@ from pydantic import Field, computed_field
 from capacity.camel_json import CamelJson, iso_seconds
 from capacity.changes import CapacityChange
 from capacity.reconcile import SlotState
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 
 
 class AlertKind(StrEnum):

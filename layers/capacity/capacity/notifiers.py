@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from capacity.changes import change_line
 from capacity.incidents import AlertKind, NoticeType
 from capacity.rules import clock
-from capacity.settings import AlertSettings
+from capacity.scheduled_settings import AlertSettings
 
 SUBJECT_MAX = 100  # SNS Subject limit (ASCII, no line breaks)
 SLACK_HEADER_MAX = 150

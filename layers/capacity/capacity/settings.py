@@ -10,37 +10,21 @@ import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from capacity.outcomes import DEFAULT_PROBLEM_TYPE_BASE
 
-if TYPE_CHECKING:
-    from capacity.scheduled_settings import DEFAULT_RUNBOOK_URL, AlertSettings, RollupSettings
-
-# The scheduled functions' settings live in capacity.scheduled_settings (the booking function's
-# cold start builds only its own); these names still resolve here, imported on first use.
-_SCHEDULED = frozenset({"AlertSettings", "RollupSettings", "DEFAULT_RUNBOOK_URL"})
-
+# The scheduled functions' settings live in capacity.scheduled_settings: the booking function's
+# cold start builds only its own.
 __all__ = [
-    "DEFAULT_RUNBOOK_URL",
-    "AlertSettings",
     "BookingSettings",
     "DatabaseSettings",
-    "RollupSettings",
     "SettingsError",
     "booking_settings",
     "problem_type_base",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SCHEDULED:
-        from capacity import scheduled_settings
-
-        return getattr(scheduled_settings, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SettingsError(RuntimeError):

@@ -419,13 +419,21 @@ def _environment(source: str) -> str:
     return f"{settings.environment}-load-test" if source == LOAD_TEST_SOURCE else settings.environment
 
 
+def _request_context() -> dict[str, Any]:
+    # Read from the raw event: Powertools' accessors raise KeyError on a hand-written event
+    # (`sam local invoke -e`) that has no requestContext or requestId.
+    context: dict[str, Any] = app.current_event.raw_event.get("requestContext") or {}
+    return context
+
+
 def _request_id() -> str | None:
     """API Gateway's request id: the problem's ``instance``, the same id as in the access log."""
-    return app.current_event.request_context.request_id
+    request_id = _request_context().get("requestId")
+    return str(request_id) if request_id else None
 
 
 def _tenant() -> str:
-    return tenant_of(app.current_event.request_context.raw_event)
+    return tenant_of(_request_context())
 
 
 def _booking_uuid(value: str) -> UUID:

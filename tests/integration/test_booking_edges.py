@@ -200,3 +200,21 @@ def dt_date() -> Any:
     import datetime
 
     return datetime.date(2030, 6, 14)
+
+
+@pytest.mark.parametrize("context", [None, {"identity": {"apiKeyId": "id-tenant-a"}}], ids=["none", "no-request-id"])
+def test_a_hand_written_event_without_request_context_or_id_is_answered_not_500(booking_app, conn, context):
+    """`sam local invoke -e my-event.json` with no requestContext (or no requestId in it): the
+    booking is made (or refused) as usual, and a refusal's problem has no instance, never a 500."""
+    event = post_booking_event(booking_body(), key="hand-written")
+    if context is None:
+        del event["requestContext"]
+    else:
+        event["requestContext"] = context
+    status, _, body = invoke(booking_app, event)
+    assert status == 201, body
+    assert conn.execute("SELECT count(*) AS n FROM bookings").fetchone()["n"] == 1
+    event = post_booking_event(booking_body(partySize=0), key="hand-written-2")
+    event.pop("requestContext")
+    status, _, problem = invoke(booking_app, event)
+    assert (status, problem["code"], "instance" in problem) == (422, "validation_error", False)

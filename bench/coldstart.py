@@ -2,9 +2,14 @@
 what it cannot do without (Powertools, psycopg, pydantic); and which heavy modules came along.
 
 The function and the layer are copied twice to a temporary directory: once compiled to bytecode
-(what the import itself costs: the ratio the target is about) and once as bare source, the way
-`sam build` ships them (nothing precompiled; /opt is read-only on Lambda, so every cold start
-compiles the layer again). Dependencies come from the virtualenv, compiled as pip installs them.
+(what the import itself costs: the ratio the target is about; the layer's Makefile ships it so)
+and once as bare source (what SAM's python3.12 build method shipped: /opt is read-only on Lambda,
+so every cold start compiled the layer again). Dependencies come from the virtualenv, compiled.
+
+The booking function's baseline is the issue's: Powertools + psycopg + pydantic imported. A
+second baseline also builds one pydantic model with an ``EmailStr`` field, which every function
+validating an email pays (pydantic's model machinery and email_validator load only then): the
+ratio to it is what the function's own code costs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ BASELINES = {
     "rollup_metrics": "from aws_lambda_powertools import Logger, Metrics\nimport psycopg, pydantic\n",
     "check_alerts": "from aws_lambda_powertools import Logger, Metrics\nimport psycopg, pydantic\n",
 }
+
+# Baseline + one model with an EmailStr field (the contract's guest email).
+MODEL_BASELINE = BASELINES["create_booking"] + (
+    "from pydantic import BaseModel, EmailStr\nclass Guest(BaseModel):\n    email: EmailStr\n"
+)
 
 PROBE = """
 import sys, time, json
@@ -81,13 +91,15 @@ def benchmark(runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="capacity-coldstart-") as tmp:
         compiled, source = _copy(Path(tmp) / "compiled", True), _copy(Path(tmp) / "source", False)
         for function, baseline in BASELINES.items():
-            app, app_source, base = [], [], []
+            app, app_source, base, models = [], [], [], []
             probe: dict[str, Any] = {}
             for _ in range(runs):  # alternating, so a busy moment costs each side alike
                 probe = _once(compiled, function, "import app")
                 app.append(probe["s"])
                 app_source.append(_once(source, function, "import app")["s"])
                 base.append(_once(compiled, function, baseline)["s"])
+                if function == "create_booking":
+                    models.append(_once(compiled, function, MODEL_BASELINE)["s"])
             app_ms, base_ms = statistics.median(app) * 1000, statistics.median(base) * 1000
             source_ms = statistics.median(app_source) * 1000
             out[function] = {
@@ -101,4 +113,8 @@ def benchmark(runs: int) -> dict[str, Any]:
                 "botocore_client_imported": probe["botocore_client"],
                 "runs": runs,
             }
+            if models:
+                models_ms = statistics.median(models) * 1000
+                out[function]["import_model_baseline_ms"] = round(models_ms, 1)
+                out[function]["ratio_to_model_baseline"] = round(app_ms / models_ms, 3)
     return out

@@ -165,9 +165,11 @@ def table(results: dict[str, Any], goals: list[dict[str, Any]]) -> str:
         for name, c in results["cold_start"].items():
             if not isinstance(c, dict):
                 continue
+            model = c.get("ratio_to_model_baseline")
             lines.append(
                 f"  {name:<15} {c['import_app_ms']:>6.0f} ms vs {c['import_baseline_ms']:>5.0f} ms"
-                f"  ratio {c['ratio']:.2f} (from source {c['ratio_from_source']:.2f})"
+                f"  ratio {c['ratio']:.2f} (from source {c['ratio_from_source']:.2f}"
+                f"{'' if model is None else f'; to one EmailStr model {model:.2f}'})"
                 f"  boto3 {'yes' if c['boto3_imported'] else 'no'}"
                 f"  botocore client {'yes' if c['botocore_client_imported'] else 'no'}"
             )

@@ -173,6 +173,8 @@ def format_alerts(summary: AlertRunSummary) -> str:
     ]
     for t in summary.transitions:
         incident = f" {t.key.incident}" if t.key.incident else ""
+        if t.key.grouped:  # one incident for a capacity change: how many slots it holds now
+            incident += f" ({plural(len(t.members), 'slot')})"
         lines.append(f"  {t.action.value:<8} {t.key.kind.value}{incident} restaurant {t.key.restaurant_id}")
     for d in summary.deliveries:
         incident = f" {d.incident}" if d.incident else ""

@@ -415,3 +415,13 @@ def test_a_recorded_change_that_still_fits_the_covers_is_not_named_as_the_cause(
     assert actions(summary) == [("open", "capacity_below_bookings", "no recorded change")]
     [row] = incidents(conn)
     assert (row["change_id"], row["slots"], row["figures"]["change"]) == (None, 2, None)
+
+
+def test_check_alerts_text_says_how_many_slots_a_change_holds(seeded_db, twelve_fridays, monkeypatch, capsys):
+    on_database(monkeypatch, seeded_db, "ALERT_TOPIC_ARN", "ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET_ARN")
+    code, out, _ = run(capsys, "check-alerts", "--dry-run")
+    assert code == 0
+    line = (
+        f"  open     capacity_below_bookings change {twelve_fridays['change_id']} (12 slots) restaurant {RESTAURANT_ID}"
+    )
+    assert line in out.splitlines()

@@ -62,11 +62,15 @@ def _copy(target: Path, compiled: bool) -> Path:
     return target
 
 
-def _once(root: Path, function: str, body: str) -> dict[str, Any]:
+def fresh_interpreter(layer: Path, function_dir: Path, code: str) -> Any:
+    """Run ``code`` in a fresh interpreter as the function's Lambda init would see it (the layer
+    and the function's directory on the path, a database URL it never connects to, no bytecode
+    written) and return the JSON its last line printed. The tests of what a cold start builds use
+    it too."""
     env = {
         **os.environ,
-        "PYTHONDONTWRITEBYTECODE": "1",  # the source copy stays source
-        "PYTHONPATH": os.pathsep.join([str(root / "layer"), str(root / "functions" / function)]),
+        "PYTHONDONTWRITEBYTECODE": "1",  # a source copy stays source
+        "PYTHONPATH": os.pathsep.join([str(layer), str(function_dir)]),
         "DATABASE_URL": "postgresql://bench@127.0.0.1:9/bench",  # never connected at import
         "POWERTOOLS_TRACE_DISABLED": "1",
         "POWERTOOLS_METRICS_NAMESPACE": "Bench",
@@ -74,15 +78,19 @@ def _once(root: Path, function: str, body: str) -> dict[str, Any]:
     }
     env.pop("ALERT_TOPIC_ARN", None)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(body=body)],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env=env,
-        cwd=str(root / "functions" / function),
+        cwd=str(function_dir),
         timeout=120,
         check=True,
     )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _once(root: Path, function: str, body: str) -> dict[str, Any]:
+    result: dict[str, Any] = fresh_interpreter(root / "layer", root / "functions" / function, PROBE.format(body=body))
     return result
 
 

@@ -151,3 +151,30 @@ def assert_one_booking_for_one_key(results: list[tuple[int, dict[str, str], Any]
     assert [str(r["id"]) for r in rows] == [created[0]["booking"]["id"]]
     events = conn.execute("SELECT event_type, count(*)::int AS n FROM observability_events GROUP BY 1").fetchall()
     assert {e["event_type"]: e["n"] for e in events} == {"booking.success": 1}
+
+
+# The booking function's environment for a unit test: a database URL it never connects to (the
+# test stubs the service), no X-Ray, the test namespace.
+STUBBED_ENV = {
+    "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",
+    "POWERTOOLS_TRACE_DISABLED": "1",
+    "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
+    "ENVIRONMENT": "test",
+}
+
+
+@contextmanager
+def stubbed_booking_function(instance: str, **env: str) -> Iterator[Any]:
+    """create_booking cold-started with no database behind it, its settings read afresh."""
+    import pytest
+
+    from capacity import settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {**STUBBED_ENV, **env}.items():
+            mp.setenv(name, value)
+        settings.booking_settings.cache_clear()
+        try:
+            yield load_handler("create_booking", fresh=True, instance=instance)
+        finally:
+            settings.booking_settings.cache_clear()

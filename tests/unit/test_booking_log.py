@@ -16,28 +16,15 @@ from aws_lambda_powertools import Logger
 from capacity.booking import BookingResult
 from capacity.outcomes import EventType
 from capctl.apigw import LambdaContext, rest_event
-from capctl.handlers import load_handler
-from tests.support import booking_body
+from tests.support import booking_body, stubbed_booking_function
 
 CONTEXT = LambdaContext(function_name="CreateBookingFunction")
 
 
 @pytest.fixture(scope="module")
 def module() -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {
-            "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",  # never connected: the service is stubbed
-            "POWERTOOLS_TRACE_DISABLED": "1",
-            "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-            "POWERTOOLS_LOG_LEVEL": "INFO",
-            "ENVIRONMENT": "test",
-        }.items():
-            mp.setenv(name, value)
-        from capacity import settings
-
-        settings.booking_settings.cache_clear()
-        yield load_handler("create_booking", fresh=True, instance="log")
-        settings.booking_settings.cache_clear()
+    with stubbed_booking_function("log", POWERTOOLS_LOG_LEVEL="INFO") as handler:
+        yield handler
 
 
 @pytest.fixture

@@ -3,38 +3,19 @@ init does, and what is in memory afterwards."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from bench.coldstart import fresh_interpreter
+from tests.problems import PROBLEM_MEMBERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cold_start(function: str, probe: str) -> Any:
     """``import app`` of the function in a fresh interpreter, then ``probe`` (an expression) as JSON."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "capacity"), str(ROOT / "functions" / function)]),
-        "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",  # never connected at import
-        "POWERTOOLS_TRACE_DISABLED": "1",
-        "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }
-    env.pop("ALERT_TOPIC_ARN", None)
     code = f"import json, sys\nimport app\nprint(json.dumps({probe}))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(ROOT / "functions" / function),
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_interpreter(ROOT / "layers" / "capacity", ROOT / "functions" / function, code)
 
 
 def test_the_problem_models_are_built_for_the_document_not_at_cold_start():
@@ -59,17 +40,4 @@ def test_the_document_still_describes_a_problem():
         "['components']['schemas'].items() if k in ('Problem', 'FieldError')}",
     )
     assert members["FieldError"] == ["field", "message"]
-    assert members["Problem"] == sorted(
-        [
-            "type",
-            "title",
-            "status",
-            "detail",
-            "instance",
-            "code",
-            "errors",
-            "requested",
-            "remainingCovers",
-            "alternatives",
-        ]
-    )
+    assert members["Problem"] == sorted(PROBLEM_MEMBERS)

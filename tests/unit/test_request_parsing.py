@@ -18,8 +18,7 @@ from capacity.booking import BookingResult
 from capacity.http import problem_response, validation_problem
 from capacity.outcomes import EventType
 from capctl.apigw import LambdaContext, rest_event
-from capctl.handlers import load_handler
-from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body
+from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, stubbed_booking_function
 
 CONTEXT = LambdaContext(function_name="CreateBookingFunction")
 VALID = booking_body()
@@ -27,21 +26,9 @@ VALID = booking_body()
 
 @pytest.fixture(scope="module")
 def module() -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {
-            "DATABASE_URL": "postgresql://unit@127.0.0.1:9/unit",  # never connected: the service is stubbed
-            "POWERTOOLS_TRACE_DISABLED": "1",
-            "POWERTOOLS_METRICS_NAMESPACE": "CapacityEngineTest",
-            "ENVIRONMENT": "test",
-        }.items():
-            mp.setenv(name, value)
-        from capacity import settings
-
-        settings.booking_settings.cache_clear()
-        handler = load_handler("create_booking", fresh=True, instance="parsing")
+    with stubbed_booking_function("parsing") as handler:
         handler.openapi_json()  # brings the parameter markers the reference resolver evaluates
         yield handler
-        settings.booking_settings.cache_clear()
 
 
 def reference(module: Any, route: Callable[..., Any], method: str, path: str) -> tuple[Any, dict[str, Any]]:

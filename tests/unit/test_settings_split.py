@@ -1,7 +1,7 @@
 """Each function builds only the settings it reads, and PROBLEM_TYPE_BASE has one reading.
 
-The scheduled functions' settings live in ``capacity.scheduled_settings``; ``capacity.settings``
-still answers their names (imported on first use), so nothing that imports them from there breaks.
+The scheduled functions' settings live in ``capacity.scheduled_settings``, the booking
+function's in ``capacity.settings``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The load-test report as typed models: ``reports/load-tests/<stem>.json`` (CONTRACT section 7,
-and the fields this project added), and the plan file the diners read.
+"""The load-test report as typed models: ``reports/load-tests/<stem>.json`` (the
+report's published shape, and the fields this project added), and the plan file the diners read.
 
 Field names are snake_case here and camelCase in the JSON (pydantic's ``to_camel``, as the
 layer's ``capacity.camel_json``); member order is the order of the fields. Everything added after
@@ -44,7 +44,7 @@ class Target(CamelModel):
 
 
 class ArtilleryResult(CamelModel):
-    # Artillery's own aggregate as it wrote it (CONTRACT section 7), passed through untouched:
+    # Artillery's own aggregate as it wrote it, passed through untouched (the report promises it):
     # its counters and summaries are Artillery's and the scenario's, so a mapping.
     aggregate: dict[str, Any] | None = None
     exit_code: int | None = None

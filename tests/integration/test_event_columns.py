@@ -170,7 +170,7 @@ def test_the_functions_role_writes_events_and_counts_them(conn, restaurant):
 
 
 def test_migration_007_runs_again_without_changing_anything(conn):
-    """Idempotent, as every migration is (contract section 3): a second run adds nothing."""
+    """Idempotent, as every migration must be (capctl db migrate may run it again): a second run adds nothing."""
     columns = (
         "SELECT column_name, data_type, generation_expression FROM information_schema.columns"
         " WHERE table_name = 'observability_events' ORDER BY ordinal_position"

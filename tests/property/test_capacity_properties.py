@@ -72,7 +72,7 @@ INF = float("inf")
 
 
 def reference_capacity(weekly: list[dict[str, Any]], dated: list[dict[str, Any]], date: dt.date, m: int) -> Any:
-    """Contract section 2, written plainly: the capacity in force (None = unlimited, 0 = closed)."""
+    """The capacity rules, written plainly: the capacity in force (None = unlimited, 0 = closed)."""
 
     def covers(rule: dict[str, Any]) -> float:
         return INF if rule["maxCovers"] is None else rule["maxCovers"]

@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from capacity.alerts import AlertChecker
-from capacity.db import Database, error_fields
+from capacity.db import Database
 from capacity.notifiers import notifiers_from_settings
 from capacity.outcomes import MetricName
 from capacity.scheduled_settings import AlertSettings
@@ -37,15 +37,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     detail = event.get("detail")
     dry_run = isinstance(detail, dict) and detail.get("dryRun") is True
     logger.info("alert check started", extra={"scheduledTime": event.get("time"), "dryRun": dry_run})
-    try:
-        summary = checker.run(db.connection(), dry_run=dry_run)
-    except Exception as exc:
-        db.discard()
-        logger.error(
-            "alert check failed",
-            extra=error_fields(exc),
-        )
-        raise
+    with db.run("alert check", logger.error) as conn:
+        summary = checker.run(conn, dry_run=dry_run)
     for t in summary.transitions:
         logger.info("alert " + t.action.value, extra={k: v for k, v in t.as_json().items() if k != "figures"})
     for d in summary.deliveries:

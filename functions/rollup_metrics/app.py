@@ -13,7 +13,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from capacity.db import Database, error_fields
+from capacity.db import Database
 from capacity.outcomes import MetricName
 from capacity.rollup import run_rollup
 from capacity.scheduled_settings import RollupSettings
@@ -45,16 +45,8 @@ def _hours(event: dict[str, Any]) -> int:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     hours = _hours(event)
     logger.info("roll-up started", extra={"scheduledTime": event.get("time"), "hours": hours})
-    try:
-        summary = run_rollup(db.connection(), hours=hours)
-    except Exception as exc:
-        # Type and SQLSTATE only; the next invocation reconnects.
-        db.discard()
-        logger.error(
-            "roll-up failed",
-            extra=error_fields(exc),
-        )
-        raise
+    with db.run("roll-up", logger.error) as conn:
+        summary = run_rollup(conn, hours=hours)
     result = summary.as_json()
     last = summary.last_hour
     metrics.add_metric(MetricName.ROLLUP_ROWS, MetricUnit.Count, summary.live.changed + summary.synthetic.changed)

@@ -228,3 +228,28 @@ class TestCheckAlertsHandler:
             app.lambda_handler(
                 scheduled_event("check_alerts_scheduled.json"), LambdaContext(function_name="CheckAlertsFunction")
             )
+
+
+@pytest.mark.parametrize(
+    ("function", "event", "what"),
+    [
+        ("rollup_metrics", "rollup_metrics_scheduled.json", "roll-up"),
+        ("check_alerts", "check_alerts_scheduled.json", "alert check"),
+    ],
+)
+def test_a_run_that_fails_logs_type_and_sqlstate_only_and_the_next_reconnects(
+    function, event, what, seeded_db, conn, cold_start, caplog
+):
+    app = cold_start(function, seeded_db)
+    context = LambdaContext(function_name=function)
+    conn.execute("ALTER TABLE observability_events RENAME TO observability_events_away")
+    with pytest.raises(Exception, match="observability_events"):
+        app.lambda_handler(scheduled_event(event), context)
+    failed = [r for r in caplog.records if r.getMessage() == f"{what} failed"]
+    assert [(r.levelname, r.errorType, r.sqlstate) for r in failed] == [("ERROR", "UndefinedTable", "42P01")]
+    assert "observability_events" not in json.dumps(vars(failed[0]), default=str)  # no error text (it may quote a row)
+    broken = app.db._conn
+    assert broken is None  # dropped: the next invocation connects again
+    conn.execute("ALTER TABLE observability_events_away RENAME TO observability_events")
+    assert app.lambda_handler(scheduled_event(event), context) is not None
+    assert app.db._conn is not None and not app.db._conn.closed

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -156,6 +157,18 @@ class Database:
 
     def close(self) -> None:
         self.discard()
+
+    @contextmanager
+    def run(self, what: str, log_error: Callable[..., Any]) -> Iterator[DictConnection]:
+        """The connection for one scheduled run. If the run fails: one line ``<what> failed`` with
+        the error's type and SQLSTATE only (``error_fields``), the connection dropped (the next
+        invocation reconnects), and the error raised again for Lambda to record."""
+        try:
+            yield self.connection()
+        except Exception as exc:
+            self.discard()
+            log_error(f"{what} failed", extra=error_fields(exc))
+            raise
 
 
 def session_options(settings: DatabaseSettings) -> str | None:

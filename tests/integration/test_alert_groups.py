@@ -247,13 +247,17 @@ class TestOneIncidentPerChange:
             (d, dt.time(19, 0), None) for d in thursdays
         ]
 
-    def test_a_reminder_after_the_cooldown_carries_the_slots_below_now(self, twelve_fridays, conn, topic):
+    def test_a_reminder_comes_a_day_later_with_the_slots_below_now(self, twelve_fridays, conn, topic):
+        """A planning task, reminded daily (BELOW_BOOKINGS_REMINDER_HOURS, 24), not every hour."""
         fridays, bookings = twelve_fridays["fridays"], twelve_fridays["bookings"]
-        check(conn, topic)
+        start = dt.datetime.now(dt.UTC)
+        check(conn, topic, now=start)
         topic.messages()
         cancel(conn, bookings[fridays[0]][:1])
-        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=61)
-        assert check(conn, topic, now=later).reminders == 1
+        # past the other alerts' cooldown (60 minutes): figures refreshed, nobody notified
+        summary = check(conn, topic, now=start + dt.timedelta(hours=2))
+        assert (summary.reminders, summary.sent, topic.messages()) == (0, 0, [])
+        assert check(conn, topic, now=start + dt.timedelta(hours=24, minutes=1)).reminders == 1
         [reminder] = topic.messages()
         assert reminder["subject"] == (
             # the rule it names is left out before the restaurant's name would be cut

@@ -173,6 +173,13 @@ class TestStateMachine:
             assert (t.action, t.notice_type.value) == (Action.REMIND, "reminder")
             assert t.opened_at == NOW - dt.timedelta(hours=3)
 
+    def test_a_kind_with_its_own_cooldown_reminds_after_that(self):
+        f = finding()
+        day = {f.key.kind: dt.timedelta(hours=24)}
+        for ago, action in ((dt.timedelta(hours=5), Action.UPDATE), (dt.timedelta(hours=24), Action.REMIND)):
+            [t] = plan([f], [open_alert(f.key, ago)], now=NOW, cooldown=COOLDOWN, cooldowns=day)
+            assert t.action == action, ago
+
     def test_a_cleared_condition_resolves(self):
         key = IncidentKey(A, AlertKind.OVERBOOKING, SLOT)
         observed = {key: {"confirmedCovers": 20, "maxCovers": 20, "bookings": 5}}

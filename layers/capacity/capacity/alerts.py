@@ -250,7 +250,15 @@ class AlertChecker:
         observed.update(rate_observed)
 
         cooldown = dt.timedelta(minutes=self.settings.alert_cooldown_minutes)
-        transitions = plan(findings, open_alerts, now=now, cooldown=cooldown, observed=observed)
+        below = dt.timedelta(hours=self.settings.below_bookings_reminder_hours)
+        transitions = plan(
+            findings,
+            open_alerts,
+            now=now,
+            cooldown=cooldown,
+            observed=observed,
+            cooldowns={AlertKind.CAPACITY_BELOW_BOOKINGS: below},
+        )
         if summary.dry_run:
             summary.transitions = transitions
             summary.deliveries = self._preview(conn, transitions)

@@ -421,8 +421,10 @@ def plan(
     now: dt.datetime,
     cooldown: dt.timedelta,
     observed: dict[IncidentKey, dict[str, Any]] | None = None,
+    cooldowns: Mapping[AlertKind, dt.timedelta] | None = None,
 ) -> list[Transition]:
-    """The state machine: what happens to each incident at ``now``.
+    """The state machine: what happens to each incident at ``now``. An open incident reminds
+    once its kind's cooldown (``cooldowns``, else ``cooldown``) has passed since its last notice.
 
     A grouped incident whose slots change (more, fewer) is updated in place: it notifies again
     only as a reminder once the cooldown has passed, never because it grew."""
@@ -437,7 +439,8 @@ def plan(
         if alert is None:
             transitions.append(Transition(Action.OPEN, f.key, f.restaurant_name, f.figures, now, members=f.members))
             continue
-        action = Action.REMIND if now - alert.last_notified_at >= cooldown else Action.UPDATE
+        wait = (cooldowns or {}).get(f.key.kind, cooldown)
+        action = Action.REMIND if now - alert.last_notified_at >= wait else Action.UPDATE
         transitions.append(
             Transition(action, f.key, f.restaurant_name, f.figures, alert.opened_at, alert.id, f.members)
         )

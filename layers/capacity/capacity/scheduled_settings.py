@@ -26,6 +26,9 @@ class AlertSettings(DatabaseSettings):
     conflict_min_requests: int = Field(default=20, ge=1, alias="CONFLICT_MIN_REQUESTS")
     retry_exhausted_threshold: int = Field(default=5, ge=1, alias="RETRY_EXHAUSTED_THRESHOLD")
     alert_cooldown_minutes: int = Field(default=60, ge=1, alias="ALERT_COOLDOWN_MINUTES")
+    # A capacity lowered below bookings is a planning task (guests to move before their date),
+    # not a live fault: its reminder comes once a day, not every hour.
+    below_bookings_reminder_hours: int = Field(default=24, ge=1, le=24 * 14, alias="BELOW_BOOKINGS_REMINDER_HOURS")
     dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
     # The runbook page's absolute URL; each alert kind links to its own anchor on it. The default
     # is the runbook in this project's repository, as docs/problems.md is PROBLEM_TYPE_BASE's.

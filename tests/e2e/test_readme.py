@@ -8,7 +8,11 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,11 +34,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_the_by_hand_section_works_twice_in_a_row(tmp_path: Path) -> None:
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """The section's CAPCTL_HOME, outside pytest's base directory: the embedded server runs as
+    another user and needs its parents traversable, which any pytest starting meanwhile on this
+    machine resets (it keeps /tmp/pytest-of-<user> at mode 0700)."""
+    with tempfile.TemporaryDirectory(prefix="capctl-readme-") as directory:
+        yield Path(directory)
+
+
+def test_the_by_hand_section_works_twice_in_a_row(home: Path) -> None:
     port = free_port()
-    env = {**os.environ, "CAPCTL_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "CAPCTL_HOME": str(home / "home")}
     env.pop("DATABASE_URL", None)
-    script = by_hand_script(port, tmp_path)
+    script = by_hand_script(port, home)
     outputs = []
     for _ in range(2):
         run = subprocess.run(

@@ -475,6 +475,9 @@ def _on_error(exc: Exception) -> Response[Any]:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Powertools clears dimensions and metadata only when it flushes metrics: an invocation that
+    # recorded none (a 404) would hand its environment and restaurantId to the next one.
+    metrics.clear_metrics()
     request_id = (event.get("requestContext") or {}).get("requestId")
     # The correlation id is API Gateway's request id: what correlation_paths.API_GATEWAY_REST
     # names, read directly rather than through a JMESPath search per request.

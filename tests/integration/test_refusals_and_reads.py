@@ -286,6 +286,22 @@ class TestObservability:
             ("test", False),
         ]
 
+    def test_nothing_of_one_invocation_reaches_the_next_ones_metrics(self, booking_app, capsys):
+        """A request that records no metric (a load-test booking for an unknown restaurant: 404)
+        must leave neither its environment dimension nor its restaurantId to the next invocation:
+        a warm instance's next EMF line (here a live cancel) is about that invocation alone."""
+        _, _, created = invoke(booking_app, post_booking_event(booking_body(), key="live-1"))
+        other = "99999999-2222-4333-8444-555555555555"
+        status, _, _ = invoke(
+            booking_app, post_booking_event(booking_body(restaurantId=other, source="load-test"), key="lt-404")
+        )
+        assert status == 404
+        capsys.readouterr()
+        status, _, _ = invoke(booking_app, delete(f"/bookings/{created['booking']['id']}"))
+        assert status == 200
+        [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+        assert (emf["environment"], emf.get("restaurantId"), emf["BookingCancelled"]) == ("test", None, [1.0])
+
     def test_refusal_metrics(self, booking_app, capsys):
         invoke(booking_app, post_booking_event(booking_body(date=CLOSED_DATE)))
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]

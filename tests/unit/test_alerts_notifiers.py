@@ -149,6 +149,12 @@ class TestWording:
         assert "Requests that exhausted their retries: 7 of 90" in body(retries)
         assert "(live and load-test traffic)" in body(retries)
 
+    def test_a_rate_under_one_percent_keeps_two_decimals(self):
+        figures = {"requests": 2661, "conflicts": 4, "conflictRate": 4 / 2661, "threshold": 0.0005, "minRequests": 20}
+        low = notice(alert_type="conflict_rate", severity="warning", incident_key="", figures=figures)
+        assert subject(low) == "[WARNING] Booking conflict rate 0.15% - Test Trattoria (prod)"
+        assert "Threshold: more than 0.05% with at least 20 requests" in body(low)
+
     def test_webhook_payload_is_slack_compatible(self):
         payload = webhook_payload(notice(restaurant_name="X" * 300))
         assert payload["text"].startswith("[CRITICAL] Overbooked slot")

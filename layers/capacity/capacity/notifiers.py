@@ -72,7 +72,9 @@ class Notifier(Protocol):
 
 
 def _percent(value: Any) -> str:
-    return f"{float(value) * 100:.1f}%"
+    # One decimal, two under 1 % (a demo's 0.05 % threshold must not read as 0.1 %).
+    percent = float(value) * 100
+    return f"{percent:.2f}%" if 0 < abs(percent) < 1 else f"{percent:.1f}%"
 
 
 def title(notice: Notice, *, brief: bool = False) -> str:

@@ -69,6 +69,8 @@
         draw: function (u) {
           var ctx = u.ctx;
           ctx.save();
+          // A label that would run into the one before it (faults seconds apart) goes a line lower.
+          var labelEnds = [];
           (spec.bands || []).forEach(function (b) {
             var x0 = u.valToPos(b.from, "x", true), x1 = u.valToPos(b.to, "x", true);
             ctx.fillStyle = "rgba(201, 42, 42, 0.12)";
@@ -76,7 +78,10 @@
             if (b.label) {
               ctx.fillStyle = "#c92a2a";
               ctx.font = 11 * devicePixelRatio + "px sans-serif";
-              ctx.fillText(b.label, x0 + 3, u.bbox.top + 12 * devicePixelRatio);
+              var x = x0 + 3, line = 0;
+              while (labelEnds[line] !== undefined && labelEnds[line] > x) line++;
+              labelEnds[line] = x + ctx.measureText(b.label).width + 4 * devicePixelRatio;
+              ctx.fillText(b.label, x, u.bbox.top + (12 + 13 * line) * devicePixelRatio);
             }
           });
           (spec.thresholds || []).forEach(function (t) {

@@ -42,6 +42,20 @@ def _admin_url(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 
 
+@pytest.fixture(autouse=True)
+def _no_metrics_state_between_tests() -> Iterator[None]:
+    """Powertools keeps metrics, dimensions and default dimensions on its Metrics class, shared by
+    every function this process loads (on Lambda each function has a process of its own): a
+    scheduled function's default ``environment`` dimension must not reach the next test's
+    booking function."""
+    yield
+    from aws_lambda_powertools.metrics import Metrics
+
+    metrics = Metrics(namespace="TestReset")
+    metrics.clear_default_dimensions()
+    metrics.clear_metrics()
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")

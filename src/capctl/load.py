@@ -860,16 +860,7 @@ def run_load(
         )
         json_path, html_path = reports.write_report(report, options.report_dir, stem)
         print("", file=out)
-        print(reports.render_table(report), file=out)
-        for fault in faults:
-            after = fault["recoveredAfterMs"]
-            print(
-                f"  fault      {fault['kind']} {fault['startedAt']} .. {fault['endedAt'] or 'never healed'}: "
-                + (
-                    f"bookings answered again {after} ms after" if after is not None else "no booking answered after it"
-                ),
-                file=out,
-            )
+        print(reports.render_table(report), file=out)  # its fault lines included
         print(f"\n  report     {json_path}\n  html       {html_path}\n  history    {history_path}", file=out)
         if not options.keep:
             report.cleanup = _cleanup(options, run_id, out)

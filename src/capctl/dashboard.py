@@ -35,7 +35,7 @@ import psycopg
 
 from capacity import figures
 from capacity.db import DictConnection
-from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL
+from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL, percent_text
 from capacity.outcomes import MetricName
 from capacity.rollup import LIVE_TABLE, SYNTHETIC_TABLE, run_rollup
 from capacity.scheduled_settings import AlertSettings
@@ -736,10 +736,6 @@ def _hour_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def summary_cards(data: Collected) -> list[dict[str, str]]:
     """The figures at the top of the page: label, value, tone (ok | warn | bad | ''), note."""
     t = _range_totals(data)
@@ -754,13 +750,13 @@ def summary_cards(data: Collected) -> list[dict[str, str]]:
         {"label": "booking requests", "value": str(t["requests"]), "tone": "", "note": "in the range shown"},
         {
             "label": "success rate",
-            "value": _pct(t["successRate"]),
+            "value": percent_text(t["successRate"]),
             "tone": "",
             "note": "successes / requests (refusals of full slots are not failures of the engine)",
         },
         {
             "label": "conflict rate",
-            "value": _pct(conflict),
+            "value": percent_text(conflict),
             "tone": "bad" if conflict is not None and conflict > threshold else "ok" if conflict is not None else "",
             "note": f"alarm above {100 * threshold:g}% per hour",
         },
@@ -769,7 +765,7 @@ def summary_cards(data: Collected) -> list[dict[str, str]]:
             "value": f"{this_hour['requests']} requests" if this_hour else "no traffic",
             "tone": "",
             "note": (
-                f"success {_pct(this_hour['successRate'])}, conflicts {_pct(this_hour['conflictRate'])}"
+                f"success {percent_text(this_hour['successRate'])}, conflicts {percent_text(this_hour['conflictRate'])}"
                 if this_hour
                 else f"since {current:%H:%M} UTC"
             ),

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from capacity.alerts import AlertChecker, AlertRunSummary
 from capacity.db import DictConnection
+from capacity.figures import percent_text
 from capacity.notifiers import notifiers_from_settings
 from capacity.rollup import HOUR, LIVE_TABLE, SYNTHETIC_TABLE, HourTotals, RollupSummary, hour_totals, run_rollup
 from capacity.scheduled_settings import AlertSettings, RollupSettings
@@ -123,18 +124,14 @@ def _check_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _hour_line(title: str, totals: HourTotals) -> str:
     t = totals.as_json()
     if not totals.requests and not totals.capacity_covers:
         return f"  {title} {t['hour']}: no requests"
     requests = f"{totals.requests} requests" if totals.requests else "no requests"
     return (
-        f"  {title} {t['hour']}: {requests}, success {_rate(t['successRate'])}, "
-        f"conflicts {_rate(t['conflictRate'])}, utilization {_rate(t['utilization'])} "
+        f"  {title} {t['hour']}: {requests}, success {percent_text(t['successRate'])}, "
+        f"conflicts {percent_text(t['conflictRate'])}, utilization {percent_text(t['utilization'])} "
         f"({t['coversBooked']}/{t['capacityCovers']} covers)"
     )
 

@@ -112,3 +112,12 @@ def success_rate(successes: int, requests: int) -> float | None:
 
 def utilization(covers_booked: int, capacity_covers: int) -> float | None:
     return rate(covers_booked, capacity_covers)
+
+
+def percent_text(value: float | Decimal | None) -> str:
+    """A rate as people read it: one decimal, two under 1 % (a 0.05 % threshold must not read as
+    0.1 %); ``-`` when it is undefined."""
+    if value is None:
+        return "-"
+    percent = float(value) * 100
+    return f"{percent:.2f}%" if 0 < abs(percent) < 1 else f"{percent:.1f}%"

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from capacity.changes import change_line
+from capacity.figures import percent_text
 from capacity.incidents import AlertKind, NoticeType
 from capacity.rules import clock
 from capacity.scheduled_settings import AlertSettings
@@ -71,12 +72,6 @@ class Notifier(Protocol):
 # -- wording ---------------------------------------------------------------------------------
 
 
-def _percent(value: Any) -> str:
-    # One decimal, two under 1 % (a demo's 0.05 % threshold must not read as 0.1 %).
-    percent = float(value) * 100
-    return f"{percent:.2f}%" if 0 < abs(percent) < 1 else f"{percent:.1f}%"
-
-
 def title(notice: Notice, *, brief: bool = False) -> str:
     """What the notice is about, in a few words; ``brief`` leaves out what a subject line can
     spare (the rule a grouped notice names, which its body gives)."""
@@ -91,7 +86,7 @@ def title(notice: Notice, *, brief: bool = False) -> str:
     if notice.alert_type == AlertKind.CAPACITY_BELOW_BOOKINGS:
         return f"Capacity lowered below bookings {notice.incident_key}"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
-        return f"Booking conflict rate {_percent(f.get('conflictRate', 0))}"
+        return f"Booking conflict rate {percent_text(f.get('conflictRate', 0))}"
     return f"Booking retries exhausted: {f.get('retryExhausted', 0)} in the last hour"
 
 
@@ -305,9 +300,9 @@ def figure_lines(notice: Notice) -> list[str]:
     traffic = "live and load-test traffic" if f.get("includesLoadTest") else "live traffic only"
     if notice.alert_type == AlertKind.CONFLICT_RATE:
         return [
-            f"Conflict rate: {_percent(f.get('conflictRate', 0))} "
+            f"Conflict rate: {percent_text(f.get('conflictRate', 0))} "
             f"({f.get('conflicts', 0)} of {f.get('requests', 0)} requests met a conflict)",
-            f"Threshold: more than {_percent(f.get('threshold', 0))} with at least {f.get('minRequests')} requests",
+            f"Threshold: more than {percent_text(f.get('threshold', 0))} with at least {f.get('minRequests')} requests",
             f"{window} ({traffic})",
             "Next: capctl check-alerts --dry-run (the figures now), and the dashboard's conflict-rate panel",
         ]

@@ -14,10 +14,11 @@ import json
 import uuid
 from typing import Any
 
-from capacity.changes import change_behind, change_line
+from capacity.changes import change_line, changes_behind
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
 from capacity.reconcile import SlotState, below_bookings, over_capacity, slot_states
+from capctl.errors import UserError
 from capctl.text import plural
 
 
@@ -48,26 +49,27 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
-def _names(conn: DictConnection) -> dict[str, str]:
-    return {str(r["id"]): r["name"] for r in conn.execute("SELECT id, name FROM restaurants")}
-
-
 def verify(
-    conn: DictConnection, *, restaurant_id: uuid.UUID | None = None, change: str | None = None
+    conn: DictConnection,
+    restaurants: dict[uuid.UUID, dict[str, Any]],
+    *,
+    restaurant_id: uuid.UUID | None = None,
+    change: str | None = None,
 ) -> dict[str, Any]:
     """Every booked slot (of one restaurant): the overbooked ones (any date: a guard failure stays
     one), and the ones below bookings that have not begun yet (a dinner that is over has no guests
     left to move) — of one capacity change when ``change`` names its id ("none": no recorded change)."""
+    if restaurant_id is not None and restaurant_id not in restaurants:
+        raise UserError(f"no restaurant {restaurant_id} in the database")
     states = slot_states(conn, restaurant_ids=None if restaurant_id is None else [restaurant_id])
-    zones = {r["id"]: r["timezone"] for r in conn.execute("SELECT id, timezone FROM restaurants")}
+    upcoming = [s for s in below_bookings(states) if not s.has_begun(restaurants[s.restaurant_id]["timezone"])]
+    causes = changes_behind(conn, upcoming)
     below = []
-    for s in below_bookings(states):
-        if s.has_begun(zones.get(s.restaurant_id, "UTC")):
+    for s in upcoming:
+        cause = causes[(s.restaurant_id, s.date, s.time)]
+        if change is not None and change != ("none" if cause is None else str(cause.id)):
             continue
-        behind = change_behind(conn, s.restaurant_id, s.date, s.time, s.last_booked_at, covers=s.confirmed_covers)
-        if change is not None and change != ("none" if behind is None else str(behind.id)):
-            continue
-        below.append({**s.as_json(), "command": _command(s), "change": behind.as_json() if behind else None})
+        below.append({**s.as_json(), "command": _command(s), "change": cause.as_json() if cause else None})
     over = [{**s.as_json(), "command": _command(s)} for s in over_capacity(states)]
     return {"slots": len(states), "overCapacitySlots": over, "belowBookingsSlots": below, "passed": not over}
 
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace, name: str) -> int:
     from capctl import database
 
     with database.connection() as conn:
-        result = verify(conn, restaurant_id=args.restaurant, change=args.change)
-        names = _names(conn)
+        restaurants = {r["id"]: r for r in conn.execute("SELECT id, name, timezone FROM restaurants")}
+        result = verify(conn, restaurants, restaurant_id=args.restaurant, change=args.change)
+    names = {str(rid): r["name"] for rid, r in restaurants.items()}
     print(json.dumps(result, indent=2) if args.json else render(result, names))
     return 0 if result["passed"] else 1

@@ -18,7 +18,7 @@ from capacity.notifiers import notifiers_from_settings
 from capacity.scheduled_settings import AlertSettings
 from capctl import cli
 from tests.alerting import GUEST, LONDON, overbook
-from tests.command_line import on_database, run
+from tests.command_line import on_database, one_line_error, run
 from tests.support import FUTURE, RESTAURANT_ID
 
 pytestmark = pytest.mark.integration
@@ -373,7 +373,10 @@ def test_the_command_a_notice_names_lists_exactly_its_slots(seeded_db, twelve_fr
     assert {s["change"]["id"] for s in listed["belowBookingsSlots"]} == {change_id}
     assert verified(capsys, "--restaurant", RESTAURANT_ID, "--change", "none")["belowBookingsSlots"] == []
     assert verified(capsys, "--restaurant", RESTAURANT_ID, "--change", str(change_id + 1))["belowBookingsSlots"] == []
-    assert verified(capsys, "--restaurant", str(uuid.uuid4()))["slots"] == 0
+    unknown = str(uuid.uuid4())  # a mistyped id is said so, never "0 slots, all fine"
+    assert one_line_error(capsys, "verify", "--restaurant", unknown) == (
+        f"capctl: error: no restaurant {unknown} in the database\n"
+    )
     assert len(verified(capsys)["belowBookingsSlots"]) == 12
 
 

@@ -37,7 +37,7 @@ from pydantic import computed_field
 
 from capacity import alert_store as store
 from capacity.camel_json import CamelJson, UtcSeconds, iso_seconds
-from capacity.changes import change_behind
+from capacity.changes import changes_behind
 from capacity.db import DictConnection
 from capacity.incidents import (
     SEVERITY,
@@ -221,13 +221,9 @@ class AlertChecker:
         # The change behind each slot below its bookings, looked up only for slots no open group
         # holds yet (a held slot stays with its incident: ``incidents.below_bookings_findings``).
         held = {(a.key.restaurant_id, *slot) for a in open_alerts if a.key.grouped for slot in a.members}
-        changes = {
-            (s.restaurant_id, s.date, s.time): change_behind(
-                conn, s.restaurant_id, s.date, s.time, s.last_booked_at, covers=s.confirmed_covers
-            )
-            for s in states
-            if s.below_bookings and (s.restaurant_id, s.date, s.time) not in held
-        }
+        changes = changes_behind(
+            conn, (s for s in states if s.below_bookings and (s.restaurant_id, s.date, s.time) not in held)
+        )
         findings = slot_findings(states, by_id, changes, open_alerts)
         # The figures now of every slot a per-slot incident names (a resolve notice tells them);
         # not of every booked slot, which at 10,000 restaurants is most of a run.

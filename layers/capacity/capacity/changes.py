@@ -8,6 +8,7 @@ it there (when, who, before → after, why) is the latest change that touches th
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from pydantic import Field, computed_field
 
 from capacity.camel_json import CamelJson, UtcInstant
 from capacity.db import DictConnection
+from capacity.reconcile import SlotKey, SlotState
 from capacity.rules import clock, in_range
 
 # Changes of one restaurant that may touch a date: its slot grid, the weekly rules of that
@@ -123,32 +125,42 @@ def change_line(change: dict[str, Any]) -> str:
     return f"{when} UTC by {change.get('actor')}: {change.get('summary')}{reason}"
 
 
-def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time) -> list[CapacityChange]:
-    """Every recorded change that touches the slot, oldest first."""
+def _changes_of_date(conn: DictConnection, restaurant_id: UUID, date: dt.date) -> list[CapacityChange]:
+    """Every recorded change that may touch the date, oldest first (ranges not yet checked)."""
     rows = conn.execute(
         _CHANGES_OF_DATE, {"restaurant_id": restaurant_id, "weekday": date.isoweekday(), "date": date.isoformat()}
     ).fetchall()
-    changes = [CapacityChange(**row) for row in rows]
-    return [c for c in changes if c.touches(time)]
+    return [CapacityChange(**row) for row in rows]
 
 
-def change_behind(
-    conn: DictConnection,
-    restaurant_id: UUID,
-    date: dt.date,
-    time: dt.time,
-    since: dt.datetime | None,
-    *,
-    covers: int,
-) -> CapacityChange | None:
-    """The change that explains a slot below its bookings (``covers`` confirmed): the latest
-    change of a rule's covers touching the slot, leaving it under those covers, made after
-    ``since`` (its latest booking), else the latest such change at all; a change of the slot grid
-    only when no rule change touches the slot; None when no recorded change could explain it."""
-    changes = [c for c in changes_of_slot(conn, restaurant_id, date, time) if c.leaves_below(covers)]
-    for candidates in ([c for c in changes if c.changes_capacity], changes):
+def changes_of_slot(conn: DictConnection, restaurant_id: UUID, date: dt.date, time: dt.time) -> list[CapacityChange]:
+    """Every recorded change that touches the slot, oldest first."""
+    return [c for c in _changes_of_date(conn, restaurant_id, date) if c.touches(time)]
+
+
+def _behind(changes: list[CapacityChange], state: SlotState) -> CapacityChange | None:
+    """Of the date's changes, the one that explains the slot below its bookings: the latest change
+    of a rule's covers touching the slot, leaving it under its confirmed covers, made after its
+    latest booking, else the latest such change at all; a change of the slot grid only when no
+    rule change touches the slot; None when no recorded change could explain it."""
+    touching = [c for c in changes if c.touches(state.time) and c.leaves_below(state.confirmed_covers)]
+    since = state.last_booked_at
+    for candidates in ([c for c in touching if c.changes_capacity], touching):
         later = [c for c in candidates if since is None or c.changed_at >= since]
         found = later or candidates
         if found:
             return found[-1]
     return None
+
+
+def changes_behind(conn: DictConnection, states: Iterable[SlotState]) -> dict[SlotKey, CapacityChange | None]:
+    """The change behind each slot below its bookings (``_behind``), the history read once per
+    restaurant and date, not once per slot: a year of Fridays is a year of dates, not of slots."""
+    of_date: dict[tuple[UUID, dt.date], list[CapacityChange]] = {}
+    behind: dict[SlotKey, CapacityChange | None] = {}
+    for state in states:
+        day = (state.restaurant_id, state.date)
+        if day not in of_date:
+            of_date[day] = _changes_of_date(conn, *day)
+        behind[(state.restaurant_id, state.date, state.time)] = _behind(of_date[day], state)
+    return behind

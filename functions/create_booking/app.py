@@ -380,8 +380,9 @@ def get_booking(id: str) -> Response[Any]:
     },
 )
 def cancel_booking(id: str) -> Response[Any]:
-    body = service.cancel(_booking_uuid(id), _tenant())
-    if body["booking"]["status"] == "cancelled":
+    cancellation = service.cancel(_booking_uuid(id), _tenant())
+    body = cancellation.body
+    if cancellation.cancelled_now:  # a repeated DELETE answers the same and counts nothing again
         metrics.add_dimension("environment", _environment(body["booking"]["source"]))
         metrics.add_metric(MetricName.BOOKING_CANCELLED, MetricUnit.Count, 1)
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))

@@ -302,6 +302,17 @@ class TestObservability:
         [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
         assert (emf["environment"], emf.get("restaurantId"), emf["BookingCancelled"]) == ("test", None, [1.0])
 
+    def test_a_repeated_cancel_counts_once(self, booking_app, conn, capsys):
+        """A client retrying its DELETE gets the same 200; BookingCancelled counts the one
+        cancellation, as the one booking.cancelled event does."""
+        _, _, created = invoke(booking_app, post_booking_event(booking_body(), key="twice"))
+        capsys.readouterr()
+        for _ in range(2):
+            assert invoke(booking_app, delete(f"/bookings/{created['booking']['id']}"))[0] == 200
+        emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+        assert [e.get("BookingCancelled") for e in emf] == [[1.0]]
+        assert events(conn)["booking.cancelled"] == 1
+
     def test_refusal_metrics(self, booking_app, capsys):
         invoke(booking_app, post_booking_event(booking_body(date=CLOSED_DATE)))
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line][-1]

@@ -88,6 +88,15 @@ class BookingResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """The answer to a cancel: the booking's body, and whether this call cancelled it (False: it
+    was cancelled before, a no-op that answers the same; its event was recorded then)."""
+
+    body: dict[str, Any]
+    cancelled_now: bool
+
+
 class RetryExhausted(ProblemError):
     """503 after every attempt failed transiently; ``conflicts`` counts the retried failures."""
 
@@ -437,13 +446,13 @@ class BookingService:
             raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {booking_id}.")
         return BookingEnvelope(booking=booking_view(row)).body()
 
-    def cancel(self, booking_id: UUID, tenant: str) -> dict[str, Any]:
+    def cancel(self, booking_id: UUID, tenant: str) -> Cancellation:
         """The cancelled booking's body (``BookingEnvelope``)."""
         row = self._read(lambda conn: repo.cancel_booking(conn, booking_id, tenant))
         if row is None:
             # Already cancelled (a no-op that answers the same) or not this tenant's.
-            return self.get(booking_id, tenant)
-        return BookingEnvelope(booking=booking_view(row)).body()
+            return Cancellation(self.get(booking_id, tenant), cancelled_now=False)
+        return Cancellation(BookingEnvelope(booking=booking_view(row)).body(), cancelled_now=True)
 
 
 def _event_metadata(request: BookingRequest, caller: Caller, attempts: int) -> dict[str, Any]:

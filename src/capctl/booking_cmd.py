@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from typing import Any
 
 from capacity import repository
 from capacity.db import DictConnection
 from capctl.errors import UserError
+from capctl.text import plural
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     cancel.add_argument("booking_id", metavar="BOOKING_ID", help="the booking's id (capctl slot show lists them)")
 
 
-def cancel(conn: DictConnection, booking_id: uuid.UUID) -> tuple[dict[str, object], bool]:
+def cancel(conn: DictConnection, booking_id: uuid.UUID) -> tuple[dict[str, Any], bool]:
     """The booking after the cancel, and whether this call cancelled it (False: it already was)."""
     row = conn.execute("SELECT tenant FROM bookings WHERE id = %s", (booking_id,)).fetchone()
     if row is None:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace, name: str) -> int:
         booking, now = cancel(conn, booking_id)
     slot = f"{booking['restaurant_id']} {booking['booking_date']} {booking['booking_time']:%H:%M}"
     if now:
-        print(f"cancelled {booking_id}: {booking['party_size']} covers freed at {slot}")
+        print(f"cancelled {booking_id}: {plural(booking['party_size'], 'cover')} freed at {slot}")
     else:
         print(f"{booking_id} was already cancelled ({slot}): nothing changed")
     return 0

@@ -18,6 +18,7 @@ from capacity.camel_json import CamelJson
 from capacity.db import DictConnection
 from capacity.outcomes import LOAD_TEST_SOURCE
 from capctl.errors import UserError
+from capctl.text import plural
 
 SYNTHETIC_SOURCES = (LOAD_TEST_SOURCE,)
 
@@ -75,8 +76,9 @@ class CleanupResult(CamelJson):
         scope = f"source {self.source}" + (f", run {self.run_id}" if self.run_id else "")
         verb = "would remove" if self.dry_run else "removed"
         return (
-            f"{verb} {self.bookings} bookings ({scope}): {self.confirmed} confirmed, "
-            f"{self.covers_freed} covers freed in {self.slots} slots, {self.idempotency_keys} idempotency keys deleted"
+            f"{verb} {plural(self.bookings, 'booking')} ({scope}): {self.confirmed} confirmed, "
+            f"{plural(self.covers_freed, 'cover')} freed in {plural(self.slots, 'slot')}, "
+            f"{plural(self.idempotency_keys, 'idempotency key')} deleted"
         )
 
 

@@ -60,9 +60,31 @@ class TestMigrate:
             ("observability_events", "restaurant_id"): "uuid",
             ("observability_events", "occurred_at"): "timestamp with time zone",
             ("observability_events", "metadata"): "jsonb",
+            ("capacity_metrics_hourly", "restaurant_id"): "uuid",
+            ("capacity_metrics_hourly", "hour"): "timestamp with time zone",
+            ("capacity_metrics_hourly", "conflict_rate"): "numeric",
+            ("capacity_metrics_hourly", "success_rate"): "numeric",
+            ("capacity_metrics_hourly", "utilization"): "numeric",
+            ("capacity_changes", "restaurant_id"): "uuid",
+            ("capacity_changes", "changed_at"): "timestamp with time zone",
+            ("capacity_changes", "actor"): "text",
+            ("capacity_changes", "kind"): "text",
+            ("capacity_changes", "before"): "jsonb",
+            ("capacity_changes", "after"): "jsonb",
+            ("capacity_changes", "reason"): "text",
         }
         assert {k: columns.get(k) for k in expected} == expected
-        assert ("observability_events", "id") in columns
+        assert ("observability_events", "id") in columns and ("capacity_changes", "id") in columns
+        # counters per outcome in the roll-up, one row per (restaurant, hour)
+        assert {"requests", "successes", "capacity_exceeded", "retry_exhausted"} <= {
+            c for t, c in columns if t == "capacity_metrics_hourly"
+        }
+        key = conn.execute(
+            """SELECT array_agg(a.attname::text ORDER BY a.attname) AS columns
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                WHERE i.indrelid = 'capacity_metrics_hourly'::regclass AND i.indisprimary"""
+        ).fetchone()
+        assert key["columns"] == ["hour", "restaurant_id"]
 
     def test_no_database_is_a_one_line_error(self, monkeypatch, tmp_path, capsys):
         monkeypatch.delenv("DATABASE_URL", raising=False)

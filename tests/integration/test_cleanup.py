@@ -161,7 +161,7 @@ def test_cli_cleanup(
 
     assert cli.main(["cleanup", "--source", "load-test", "--run-id", "run-b"]) == 0
     assert capsys.readouterr().out == (
-        "removed 1 bookings (source load-test, run run-b): 1 confirmed, 4 covers freed in 1 slots, "
-        "1 idempotency keys deleted\n"
+        "removed 1 booking (source load-test, run run-b): 1 confirmed, 4 covers freed in 1 slot, "
+        "1 idempotency key deleted\n"
     )
     assert usage(conn, "19:00") == 11

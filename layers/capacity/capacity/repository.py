@@ -84,7 +84,6 @@ class DuplicateKey(Exception):
     this one waited for it on the key's index entry)."""
 
 
-# The rules of one date: weekly rules of its ISO weekday and its overrides, as JSON arrays.
 # The rules of one date, as rows of their tables (to_jsonb: every column, by its name), for
 # ``RestaurantRules.from_rows``: weekly rules of the date's ISO weekday and its overrides.
 _RULES_OF_DATE = """

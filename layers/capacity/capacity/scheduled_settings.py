@@ -1,8 +1,6 @@
 """Settings of the scheduled functions (check_alerts, rollup_metrics), apart from the booking
 function's: a pydantic model costs its schema at import, and the booking function's cold start
 should build only the settings it reads (``capacity.settings``).
-
-``capacity.settings`` still answers these names, imported on first use.
 """
 
 from __future__ import annotations

@@ -92,9 +92,11 @@ class View:
 def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
     """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 instant (UTC when it has no offset)."""
     moment = now or dt.datetime.now(dt.UTC)
-    match = re.fullmatch(r"(\d{1,4})([smhd])", value.strip())
+    match = re.fullmatch(r"(\d+)([smhd])", value.strip())
     if match:
         seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        if seconds > MAX_LOOKBACK.total_seconds():  # said before any date arithmetic can overflow
+            raise UserError(f"--since: at most {MAX_LOOKBACK.days} days back")
         since = moment - dt.timedelta(seconds=seconds)
     else:
         try:
@@ -978,6 +980,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
         except UserError as exc:
             self._send(HTTPStatus.BAD_REQUEST, "application/json", json.dumps({"error": str(exc)}).encode())
+        except psycopg.Error as exc:  # the database went away or refused: said, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            error = json.dumps({"error": f"database: {database.redact(first)}"})
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "application/json", error.encode())
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
         self.send_response(status)

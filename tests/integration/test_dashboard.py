@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from capctl import cli, dashboard
@@ -237,6 +238,8 @@ def test_cli_out(traffic, tmp_path, capsys):
     [
         (["--out", "x.html", "--since", "tomorrow"], "--since: not a duration"),
         (["--out", "x.html", "--since", "2999-01-01T00:00:00"], "is not in the past"),
+        (["--out", "x.html", "--since", "99999d"], "at most 31 days back"),
+        (["--out", "x.html", "--since", "999999999999999999999d"], "at most 31 days back"),
         (["--out", "x.html", "--restaurant", "nope"], "--restaurant: not a restaurant id"),
         (["--out", "x.html", "--emf-log", "/nonexistent/serve.log"], "--emf-log: no such file"),
         (["--port", "0", "--host", "0.0.0.0"], "127.0.0.1 only"),
@@ -293,6 +296,20 @@ def test_live_server_answers_its_page_and_data(live_server, tmp_path):
     status, _, _ = get(live_server + "/data.json", host="evil.example:80")
     assert status == 403  # another site's page cannot read the dashboard by rebinding a name
     assert get(live_server + "/nothing")[0] == 404
+
+
+def test_live_server_says_a_database_failure_in_one_line(live_server, traffic):
+    """The database refusing mid-session: 503 with the error's first line, not a traceback on the
+    operator's terminal and a dropped connection."""
+    with psycopg.connect(traffic, autocommit=True) as admin:
+        admin.execute("ALTER TABLE observability_events RENAME TO observability_events_away")
+        try:
+            status, kind, body = get(live_server + "/data.json")
+        finally:
+            admin.execute("ALTER TABLE observability_events_away RENAME TO observability_events")
+    assert (status, kind) == (503, "application/json")
+    assert json.loads(body)["error"].startswith('database: relation "observability_events" does not exist')
+    assert get(live_server + "/data.json")[0] == 200  # and answers again once it is back
 
 
 def server_serves_only_loopback(url: str) -> bool:

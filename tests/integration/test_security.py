@@ -10,7 +10,6 @@ import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -238,8 +237,3 @@ def test_the_functions_role_books_reads_and_cancels(function_user, seed, handler
         settings.booking_settings.cache_clear()
     events = {r["event_type"] for r in conn.execute("SELECT event_type FROM observability_events")}
     assert {"booking.success", "booking.cancelled", "booking.capacity_exceeded"} <= events
-
-
-def test_migration_005_is_the_role_and_its_grants():
-    text = (Path(__file__).resolve().parents[2] / "migrations" / "005_function_role.sql").read_text()
-    assert "CREATE ROLE capacity_app NOLOGIN" in text and "ALTER DEFAULT PRIVILEGES" in text

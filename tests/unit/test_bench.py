@@ -8,6 +8,7 @@ import uuid
 from bench.pgbench import KEY, _pgbench_sql
 from bench.run import targets
 from bench.scheduled import _growth, template_timeout
+from tests.cfn import load_template
 
 
 def test_a_recorded_statement_varies_key_and_id_and_escapes_colons_in_literals() -> None:
@@ -37,8 +38,9 @@ def test_growth_is_judged_on_the_largest_step_and_extrapolated_to_half_the_timeo
 
 
 def test_the_template_timeouts_are_read_from_the_functions_blocks() -> None:
-    assert template_timeout("CheckAlertsFunction") > 0
-    assert template_timeout("RollupMetricsFunction") > 0
+    resources = load_template()["Resources"]
+    for name in ("CheckAlertsFunction", "RollupMetricsFunction"):
+        assert template_timeout(name) == resources[name]["Properties"]["Timeout"]
 
 
 def test_targets_say_met_missed_or_not_measured() -> None:

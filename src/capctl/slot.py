@@ -23,7 +23,7 @@ from capacity.camel_json import iso_instant
 from capacity.changes import change_line, changes_of_slot
 from capacity.db import DictConnection
 from capacity.incidents import slot_command
-from capacity.reconcile import load_rules, slot_states
+from capacity.reconcile import load_rules, slot_states_of
 from capacity.rules import Capacity, Override, RestaurantRules, WeeklyRule
 from capctl.errors import UserError
 from capctl.seed import default_actor, set_actor
@@ -129,7 +129,7 @@ def forensics(
     rules = load_rules(conn, [restaurant_id], [date])[restaurant_id]
     capacity = rules.capacity(date, time)
     ledger = conn.execute(_LEDGER, (restaurant_id, date, time)).fetchone()
-    found = slot_states(conn, restaurant_ids=[restaurant_id], date_from=date, date_to=date, times=[time])
+    found = slot_states_of(conn, [(restaurant_id, date, time)])
     state = found[0] if found else None
     bookings = []
     for b in conn.execute(_BOOKINGS, (restaurant_id, date, time)):

@@ -164,12 +164,9 @@ def notice_for(transition: Transition, settings: AlertSettings, now: dt.datetime
     )
 
 
-def runbook_link(base: str | None, kind: AlertKind) -> str:
-    """The runbook section of this kind of alert: absolute when RUNBOOK_URL is set."""
-    anchor = kind.value.replace("_", "-")
-    if base is None:
-        return f"docs/capacity/runbook.md#{anchor} in the capacity engine repository (set RUNBOOK_URL for a link)"
-    return f"{base}#{anchor}"
+def runbook_link(base: str, kind: AlertKind) -> str:
+    """The runbook section of this kind of alert: RUNBOOK_URL (absolute, defaulted) and its anchor."""
+    return f"{base}#{kind.value.replace('_', '-')}"
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -19,10 +19,6 @@ KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # 1-255 visible ASCII charact
 ANONYMOUS_TENANT = "anonymous"
 
 
-def valid_key(key: str | None) -> bool:
-    return key is not None and KEY_PATTERN.fullmatch(key) is not None
-
-
 def fingerprint(request: BookingRequest) -> str:
     canonical = json.dumps(request.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -20,7 +20,8 @@ from uuid import UUID
 
 from pydantic import Field, computed_field
 
-from capacity.camel_json import CamelJson, iso_seconds
+from capacity import figures
+from capacity.camel_json import CamelJson, iso_seconds, rounded
 from capacity.changes import CapacityChange
 from capacity.reconcile import SlotState
 from capacity.scheduled_settings import AlertSettings
@@ -362,7 +363,7 @@ def rate_figures(
         AlertKind.CONFLICT_RATE: {
             **common,
             "conflicts": conflicts,
-            "conflictRate": round(conflicts / requests, 6) if requests else 0.0,
+            "conflictRate": rounded(figures.conflict_rate(conflicts, requests)) or 0.0,
             "threshold": settings.conflict_rate_threshold,
             "minRequests": settings.conflict_min_requests,
         },

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from capacity.changes import change_line
+from capacity.db import SECRET_MAX_AGE_S
 from capacity.figures import percent_text
 from capacity.incidents import AlertKind, NoticeType
 from capacity.rules import clock
@@ -451,7 +452,7 @@ def _secret_webhook_url(secret_arn: str) -> Callable[[], str]:
     def resolve() -> str:
         from aws_lambda_powertools.utilities import parameters
 
-        value = parameters.get_secret(secret_arn, max_age=300)
+        value = parameters.get_secret(secret_arn, max_age=SECRET_MAX_AGE_S)
         text = value.decode() if isinstance(value, bytes) else str(value)
         if text.strip().startswith("{"):
             # A JSON secret holds the URL under "url".

@@ -81,7 +81,6 @@ _SLOTS = f"""{_SLOT_COLUMNS}
    AND (%(restaurants)s::uuid[] IS NULL OR restaurant_id = ANY(%(restaurants)s::uuid[]))
    AND (%(date_from)s::date IS NULL OR booking_date >= %(date_from)s::date)
    AND (%(date_to)s::date IS NULL OR booking_date <= %(date_to)s::date)
-   AND (%(times)s::time[] IS NULL OR booking_time = ANY(%(times)s::time[]))
  GROUP BY restaurant_id, booking_date, booking_time
  ORDER BY restaurant_id, booking_date, booking_time
 """
@@ -183,7 +182,6 @@ def slot_states(
     restaurant_ids: Sequence[UUID] | None = None,
     date_from: dt.date | None = None,
     date_to: dt.date | None = None,
-    times: Sequence[dt.time] | None = None,
 ) -> list[SlotState]:
     """Every slot holding confirmed bookings (within the filters), with the capacity in force."""
     rows = conn.execute(
@@ -192,7 +190,6 @@ def slot_states(
             "restaurants": list(restaurant_ids) if restaurant_ids is not None else None,
             "date_from": date_from,
             "date_to": date_to,
-            "times": list(times) if times is not None else None,
         },
     ).fetchall()
     return _states(conn, rows)

@@ -30,7 +30,7 @@ class AlertSettings(DatabaseSettings):
     dashboard_url: str | None = Field(default=None, alias="DASHBOARD_URL")
     # The runbook page's absolute URL; each alert kind links to its own anchor on it. The default
     # is the runbook in this project's repository, as docs/problems.md is PROBLEM_TYPE_BASE's.
-    runbook_url: str | None = Field(default=DEFAULT_RUNBOOK_URL, alias="RUNBOOK_URL")
+    runbook_url: str = Field(default=DEFAULT_RUNBOOK_URL, alias="RUNBOOK_URL")
     include_load_test: bool = Field(default=False, alias="ALERTS_INCLUDE_LOAD_TEST")
     reconcile_past_days: int = Field(default=1, ge=0, le=30, alias="RECONCILE_PAST_DAYS")
     # "Any overbooked slot": by default every future slot with bookings (ten years ahead).
@@ -53,11 +53,11 @@ class AlertSettings(DatabaseSettings):
 
     @field_validator("runbook_url")
     @classmethod
-    def _absolute_url(cls, value: str | None) -> str | None:
+    def _absolute_url(cls, value: str) -> str:
         # It is clicked from an email at 3 am: a relative path would lead nowhere.
-        if value is not None and not value.startswith(("https://", "http://", "file:///")):
+        if not value.startswith(("https://", "http://", "file:///")):
             raise ValueError("must be an absolute URL (https://...) of the runbook page")
-        return value.split("#", 1)[0] if value is not None else None
+        return value.split("#", 1)[0]
 
 
 class RollupSettings(DatabaseSettings):

@@ -397,9 +397,15 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
                 "AWS_SECRET_ACCESS_KEY": "testing",
             }
         )
-        # Whatever happens next, the run's synthetic bookings do not stay behind (unless --keep).
-        if not args.keep:
-            stack.callback(_cleanup_quietly, database_url, run_id)
+        # Whatever happens next, the run's synthetic bookings do not stay behind (unless --keep);
+        # the end of a run that got there removes them itself, and says what it removed.
+        cleanup_pending = not args.keep
+
+        def cleanup_unless_done() -> None:
+            if cleanup_pending:
+                _cleanup_quietly(database_url, run_id)
+
+        stack.callback(cleanup_unless_done)
 
         _step(out, "2/6 AWS and Slack stand-ins on 127.0.0.1")
         moto_port = free_port()
@@ -500,8 +506,7 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
         print_delivered(inbox, sink, out)
 
         print(f"\nreport:    {result.json_path}\nhtml:      {result.html_path}", file=out)
-        if snapshot is not None:
-            print(f"dashboard: {snapshot}", file=out)
+        print(f"dashboard: {snapshot}", file=out)
         print(f"logs:      {logs.resolve()}", file=out)
         if not args.keep:
             from capctl.cleanup import remove_synthetic
@@ -509,19 +514,17 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
 
             with connection(database_url) as conn:
                 cleaned = remove_synthetic(conn, source=LOAD_TEST_SOURCE, run_id=run_id)
+            cleanup_pending = False
             print(f"cleanup: {cleaned.describe()}", file=out)
         verdict = "PASSED" if result.passed else "FAILED"
         print(f"demo finished in {time.monotonic() - started:.0f} s: load test {verdict}", file=out, flush=True)
     return 0 if result.passed else 1
 
 
-def write_dashboard(database_url: str, path: Path, serve_log: Path, out: TextIO) -> Path | None:
+def write_dashboard(database_url: str, path: Path, serve_log: Path, out: TextIO) -> Path:
     """The dashboard as one HTML file beside the report (the run's synthetic traffic)."""
-    try:
-        from capctl.dashboard import write_snapshot
-    except ImportError:
-        print("   dashboard: not available", file=out)
-        return None
+    from capctl.dashboard import write_snapshot
+
     written = write_snapshot(database_url, path, emf_logs=[serve_log], synthetic=True)
     print(f"   dashboard snapshot {written}", file=out)
     return written

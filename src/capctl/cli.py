@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from capctl.errors import UserError
+from capctl.text import plural
 
 EPILOG = """\
 database: the embedded PostgreSQL that `capctl db up` starts (its state in $CAPCTL_HOME, default
@@ -92,7 +93,8 @@ def _seed(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         print(
-            f"capctl: nothing was changed: {len(exc.slots)} future slot(s) would fall below their confirmed covers; "
+            f"capctl: nothing was changed: {plural(len(exc.slots), 'future slot')} would fall below their "
+            "confirmed covers; "
             "move those bookings first, or pass --allow-below-bookings to apply it anyway (alerts will warn)",
             file=sys.stderr,
         )

@@ -43,6 +43,7 @@ from capacity.settings import SettingsError
 from capctl import database, pages
 from capctl.errors import UserError
 from capctl.panels import PANELS, TABLES, Metric, Panel, Source, Threshold
+from capctl.text import plural
 
 HOST = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
@@ -829,9 +830,11 @@ def page_data(data: Collected) -> dict[str, Any]:
     charts = {p.name: panel_chart(p, data) for p in PANELS}
     notes = {p.name: p.local_note for p in PANELS}
     if data.emf_records:
-        source = f"{data.emf_records} EMF records from {data.emf_files} log file(s)"
+        source = f"{data.emf_records} EMF records from {plural(data.emf_files, 'log file')}"
     elif data.emf_files:
-        source = f"no EMF records of this view in {data.emf_files} log file(s): counted from observability_events"
+        source = (
+            f"no EMF records of this view in {plural(data.emf_files, 'log file')}: counted from observability_events"
+        )
     else:
         source = "no EMF log given (--emf-log): counted from observability_events; latency needs the EMF records"
     hours = {r["hour"]: r for r in data.rollup_hours}

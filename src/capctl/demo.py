@@ -49,6 +49,7 @@ from capctl import report as reports
 from capctl.errors import UserError
 from capctl.serve import LocalApi
 from capctl.sns_inbox import SnsInbox
+from capctl.text import plural
 from capctl.webhook_sink import WebhookSink
 
 SEED_FILE = Path("load/seed.json")
@@ -344,10 +345,10 @@ def explain_alerts(summary: Mapping[str, Any], names: Mapping[str, str], out: Te
 def print_delivered(inbox: SnsInbox, sink: WebhookSink, out: TextIO) -> None:
     published = inbox.messages()
     posted = sink.messages()
-    print(f"   SNS topic {inbox.topic_arn} -> SQS queue: {len(published)} message(s)", file=out)
+    print(f"   SNS topic {inbox.topic_arn} -> SQS queue: {plural(len(published), 'message')}", file=out)
     for m in published:
         print(f"     - {m['subject'] or (m['message'] or '').strip()[:120]}", file=out)
-    print(f"   webhook {sink.url}: {len(posted)} message(s)", file=out)
+    print(f"   webhook {sink.url}: {plural(len(posted), 'message')}", file=out)
     for body in posted:
         text = str(body.get("text", "")).strip().splitlines() if isinstance(body, dict) else []
         print(f"     - {text[0] if text else json.dumps(body)[:120]}", file=out)

@@ -55,6 +55,7 @@ from capctl import report as reports
 from capctl.cleanup import CleanupResult
 from capctl.errors import UserError
 from capctl.load_report import EnsureCheck, HotSlot, LedgerFinding, LoadReport, PlanDay, PlanFile, SlotFinding
+from capctl.text import plural
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIO = Path("load/capacity-load.yml")
@@ -784,7 +785,7 @@ def run_load(
     raw_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"load test {run_id}: {options.scenario.name} against {options.base_url}, "
-        f"{len(plan.restaurant_ids)} restaurant(s), {plan.dates[0]} + {len(plan.dates) - 1} days, "
+        f"{plural(len(plan.restaurant_ids), 'restaurant')}, {plan.dates[0]} + {len(plan.dates) - 1} days, "
         f"hot slots {plan.hot[0]['date']} {', '.join(h['time'] for h in plan.hot)}",
         file=out,
     )

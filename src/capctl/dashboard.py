@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 
 from capacity import figures
+from capacity.camel_json import iso_seconds
 from capacity.db import DictConnection
 from capacity.figures import COUNTERS_SQL, SYNTHETIC_SQL, percent_text
 from capacity.outcomes import MetricName
@@ -731,7 +732,7 @@ def _hour_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
     return {
-        "hour": _iso(row["hour"]),
+        "hour": iso_seconds(row["hour"]),
         "requests": row["requests"],
         "successRate": rounded(figures.success_rate(row["successes"], row["requests"]), 4),
         "conflictRate": rounded(figures.conflict_rate(row["conflicts"], row["requests"]), 4),
@@ -801,8 +802,8 @@ def incident_rows(data: Collected) -> list[dict[str, str]]:
             "severity": i["severity"],
             "restaurant": f"{i['restaurant']} ({i['restaurant_id']})",
             "incident": i["incident_key"] or "-",
-            "opened": _iso(i["opened_at"]),
-            "lastSeen": _iso(i["last_seen_at"]),
+            "opened": iso_seconds(i["opened_at"]),
+            "lastSeen": iso_seconds(i["last_seen_at"]),
             "figures": json.dumps(i["figures"], sort_keys=True, separators=(", ", ": ")),
         }
         for i in data.incidents
@@ -846,8 +847,8 @@ def page_data(data: Collected) -> dict[str, Any]:
         "incidents": incident_rows(data),
         "topConflicts": top_conflicts(data),
         "meta": {
-            "generatedAt": _iso(data.now),
-            "from": _iso(dt.datetime.fromtimestamp(data.grid.start, dt.UTC)),
+            "generatedAt": iso_seconds(data.now),
+            "from": iso_seconds(dt.datetime.fromtimestamp(data.grid.start, dt.UTC)),
             "step": step_label(data.grid.step),
             "traffic": "synthetic (load tests)" if data.synthetic else "live",
             "synthetic": data.synthetic,
@@ -859,10 +860,6 @@ def page_data(data: Collected) -> dict[str, Any]:
             "lastCompleteHour": _hour_json(hours.get(current - dt.timedelta(hours=1))),
         },
     }
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render_page(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from capacity.camel_json import iso_millis
 from capctl.errors import UserError
 
 KINDS = ("db-crash", "instance-kill", "db-stall")
@@ -54,10 +55,6 @@ def parse_kinds(raw: str) -> list[str]:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def iso_ms(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -231,7 +228,7 @@ class Injector:
 
     def inject(self, kind: str) -> dict[str, Any]:
         started = _now()
-        record: dict[str, Any] = {"kind": kind, "startedAt": iso_ms(started), "endedAt": None, "error": None}
+        record: dict[str, Any] = {"kind": kind, "startedAt": iso_millis(started), "endedAt": None, "error": None}
         self.records.append(record)
         print(f"  fault      {kind} at {started:%H:%M:%S}", file=self.out, flush=True)
         try:
@@ -250,7 +247,7 @@ class Injector:
             record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"  fault      {kind} FAILED: {record['error']}", file=self.out, flush=True)
             return record
-        record["endedAt"] = iso_ms(_now())
+        record["endedAt"] = iso_millis(_now())
         print(f"  fault      {kind}: {what}", file=self.out, flush=True)
         return record
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from capacity import figures
+from capacity.camel_json import iso_instant
 from capacity.outcomes import LOAD_TEST_SOURCE, REQUEST_EVENTS, EventType
 from capctl import faults as fault_injection
 from capctl import history as run_history
@@ -657,12 +658,10 @@ def verify_in_database(conn: Any, plan: Plan, since: dt.datetime) -> reports.Ver
     events.update((r["event_type"], r["n"]) for r in conn.execute(_RUN_EVENTS, {"run_id": plan.run_id, "since": since}))
     buckets: dict[str, dict[str, Any]] = defaultdict(dict)
     for r in conn.execute(_RUN_EVENTS_TIMELINE, {"run_id": plan.run_id, "since": since, "bucket": EVENT_BUCKET_S}):
-        stamp = r["t"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        buckets[stamp][r["event_type"]] = r["n"]
+        buckets[iso_instant(r["t"])][r["event_type"]] = r["n"]
     conflicted = 0
     for r in conn.execute(_RUN_FIGURES_TIMELINE, {"run_id": plan.run_id, "since": since, "bucket": EVENT_BUCKET_S}):
-        stamp = r["t"].astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        buckets[stamp].update(requests=r["requests"], conflicts=r["conflicts"])
+        buckets[iso_instant(r["t"])].update(requests=r["requests"], conflicts=r["conflicts"])
         conflicted += r["conflicts"]
     ledger = [
         LedgerFinding(

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from capacity.camel_json import iso_millis
 from capctl.cleanup import CleanupResult
 
 # Artillery writes 7 and 13.1 alike: the union keeps each number as written (a float field would
@@ -180,7 +181,7 @@ EventsBucket = dict[str, str | int]
 
 def _when(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_millis(value)
     return value
 
 

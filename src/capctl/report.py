@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from capacity import figures
+from capacity.camel_json import iso_seconds
 from capacity.outcomes import OUTCOME_EVENTS, EventType
 from capctl import pages
 from capctl.load_report import (
@@ -378,8 +379,8 @@ def make_report(
     )
     return LoadReport(
         run_id=run_id,
-        started_at=_iso(started_at),
-        finished_at=_iso(finished_at),
+        started_at=iso_seconds(started_at),
+        finished_at=iso_seconds(finished_at),
         target=Target(
             base_url=base_url, restaurant_ids=list(restaurant_ids), dates=list(dates), restaurant_names=names
         ),
@@ -428,10 +429,6 @@ def _report_verification(
         checks=checks,
         warnings=verification.warnings,
     )
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def report_stem(started_at: dt.datetime) -> str:

@@ -21,6 +21,11 @@ def iso_seconds(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_millis(value: dt.datetime) -> str:
+    """An instant in UTC to the millisecond, as the load test's history and faults are written."""
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def iso_instant(value: dt.datetime) -> str:
     """An instant in UTC as stored, microseconds included when there are any."""
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

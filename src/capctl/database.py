@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 from capacity.db import DictConnection
 from capctl.errors import UserError
+from capctl.procs import postmaster_pid
 
 
 def state_dir() -> Path:
@@ -80,12 +81,12 @@ def start_embedded() -> str:
 
 
 def embedded_running() -> bool:
-    pid_file = _pgdata() / "postmaster.pid"
-    if not pid_file.exists():
+    pid = postmaster_pid(_pgdata())
+    if pid is None:
         return False
     try:
-        os.kill(int(pid_file.read_text().splitlines()[0]), 0)
-    except (ValueError, IndexError, ProcessLookupError, PermissionError):
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
         return False
     return True
 

@@ -47,6 +47,7 @@ from capctl import faults as fault_injection
 from capctl import load as load_test
 from capctl import report as reports
 from capctl.errors import UserError
+from capctl.procs import postmaster_pid
 from capctl.serve import LocalApi
 from capctl.sns_inbox import SnsInbox
 from capctl.text import plural
@@ -242,14 +243,15 @@ def _stop_server_quietly(server: Any, pgdata: Path, out: TextIO) -> None:
         server.cleanup()
     # A db-crash fault starts the postmaster again by itself, out of the server object's sight:
     # whatever still runs on the data directory is stopped too (fast shutdown), and waited for.
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # raises once it is gone
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+    pid = postmaster_pid(pgdata)
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)  # raises once it is gone
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
     print("stopped the embedded PostgreSQL this demo started", file=out)
 
 

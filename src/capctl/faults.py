@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from capacity.camel_json import iso_millis
 from capctl.errors import UserError
+from capctl.procs import child_pids, postmaster_pid
 
 KINDS = ("db-crash", "instance-kill", "db-stall")
 DB_DOWN_S = 3.0  # from the kill to the restart of a db-crash
@@ -83,26 +84,12 @@ class Postgres:
         return pg
 
     def pid(self) -> int | None:
-        try:
-            return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return postmaster_pid(self.pgdata)
 
     def processes(self) -> list[int]:
         """The postmaster and its children (backends, background workers)."""
         root = self.pid()
-        if root is None:
-            return []
-        found = [root]
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                # ppid is the 2nd field after the parenthesised command name
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == root:
-                    found.append(int(entry.name))
-        return found
+        return [] if root is None else [root, *sorted(child_pids(root))]
 
     def _command(self) -> tuple[Path, list[str]]:
         """The pg_ctl beside the running postgres binary and the server's own options."""

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from capacity.outcomes import PROBLEM_CONTENT_TYPE, ProblemCode, problem_body
 from capctl.apigw import response_body, response_headers, rest_event
 from capctl.errors import UserError
+from capctl.procs import child_pids
 from capctl.serve_worker import PRELOAD, worker_main
 
 if TYPE_CHECKING:
@@ -459,20 +460,6 @@ class Pool:
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-
-
-def child_pids() -> set[int]:
-    """This process's child processes, alive or zombie (Linux /proc; elsewhere none are known)."""
-    me = os.getpid()
-    children: set[int] = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]  # the comm before ")" may hold spaces
-        except (OSError, IndexError):  # it exited meanwhile
-            continue
-        if ppid == str(me):
-            children.add(int(stat.parent.name))
-    return children
 
 
 # --------------------------------------------------------------------------- gateway

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shlex
 import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any, TextIO
 from capacity.camel_json import iso_millis
 from capctl.errors import UserError
 from capctl.procs import child_pids, postmaster_pid
+from capctl.serve import health
 
 KINDS = ("db-crash", "instance-kill", "db-stall")
 DB_DOWN_S = 3.0  # from the kill to the restart of a db-crash
@@ -41,7 +40,6 @@ STALL_S = 2.5  # SIGSTOP .. SIGCONT of a db-stall
 RESTART_ATTEMPTS = 10
 # Between two faults, so that each one's recovery is measured on its own.
 GAP_S = 1.0
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def parse_kinds(raw: str) -> list[str]:
@@ -152,9 +150,7 @@ class Postgres:
 
 def kill_instance(base_url: str) -> int:
     """SIGKILL one handler instance of the local API (a busy one if any); its pid."""
-    with _DIRECT.open(base_url.rstrip("/") + "/__health", timeout=5) as response:
-        health = json.load(response)
-    instances = [i for i in health.get("instances") or [] if i.get("pid")]
+    instances = [i for i in health(base_url, timeout_s=5).get("instances") or [] if i.get("pid")]
     if not instances:
         raise RuntimeError("the local API reports no instance to kill")
     chosen = next((i for i in instances if i.get("busy")), instances[0])

@@ -820,12 +820,7 @@ class LocalApi:
 
     def health(self) -> dict[str, Any]:
         """The /__health JSON (also while the server answers 503)."""
-        try:
-            with _DIRECT.open(self.base_url + "/__health", timeout=10) as response:
-                data: dict[str, Any] = json.load(response)
-        except urllib.error.HTTPError as exc:
-            data = json.load(exc)
-        return data
+        return health(self.base_url)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -846,6 +841,16 @@ class LocalApi:
 
 # Local URLs only: never through a proxy from the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def health(base_url: str, timeout_s: float = 10) -> dict[str, Any]:
+    """A running `capctl serve`'s /__health JSON (also while it answers 503: starting, stopping)."""
+    try:
+        with _DIRECT.open(base_url.rstrip("/") + "/__health", timeout=timeout_s) as response:
+            data: dict[str, Any] = json.load(response)
+    except urllib.error.HTTPError as exc:
+        data = json.load(exc)
+    return data
 
 
 def _drain(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:

@@ -196,6 +196,13 @@ def _step(out: TextIO, text: str) -> None:
     print(f"\n== {text}", file=out, flush=True)
 
 
+def demo_restaurants() -> dict[str, str]:
+    """The demo seed's restaurants, id to name (read, and checked, as `capctl seed` reads it)."""
+    from capctl.seed import load_seed
+
+    return {str(r.id): r.name for r in load_seed(load_test.resolve_path(SEED_FILE)).restaurants}
+
+
 def _migrate_and_seed(url: str) -> tuple[list[str], int]:
     from capctl import database
     from capctl.migrate import migrate
@@ -262,11 +269,6 @@ def foreign_bookings(database_url: str, run_id: str) -> int:
     with connection(database_url) as conn:
         row = conn.execute(_FOREIGN_BOOKINGS, {"run_id": run_id}).fetchone()
     return int(row["n"]) if row else 0
-
-
-def seed_restaurant_ids() -> list[str]:
-    data = json.loads(load_test.resolve_path(SEED_FILE).read_text())
-    return [str(r["id"]) for r in data["restaurants"]]
 
 
 def run_capctl(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 300) -> dict[str, Any]:
@@ -444,14 +446,11 @@ def run(args: argparse.Namespace, command: str, out: TextIO | None = None) -> in
         print(f"   {base_url} (access log and the functions' logs: {serve.log_path.resolve()})", file=out)
 
         _step(out, "4/6 load test" + (f" with faults: {', '.join(faults)}" if faults else ""))
-        names = {
-            str(r["id"]): str(r["name"])
-            for r in json.loads(load_test.resolve_path(SEED_FILE).read_text())["restaurants"]
-        }
+        names = demo_restaurants()
         options = load_test.LoadOptions(
             base_url=base_url,
             service_key=api_key,
-            restaurant_ids=seed_restaurant_ids(),
+            restaurant_ids=list(names),
             scenario=load_test.resolve_path(load_test.SMOKE_SCENARIO if args.smoke else load_test.DEFAULT_SCENARIO),
             report_dir=args.report_dir,
             run_id=run_id,

@@ -105,11 +105,6 @@ class RetryExhausted(ProblemError):
         self.attempts = attempts
 
 
-def booking_view(row: dict[str, Any]) -> BookingView:
-    """The public shape of a booking, from a ``bookings`` row."""
-    return BookingView.from_row(row)
-
-
 def _created(stored: dict[str, Any]) -> dict[str, Any]:
     """A 201's body, from the answer stored under the key (its ``capacity`` is counted by the
     guarded write itself), held against ``BookingCreated``: the first answer and every replay pass
@@ -250,7 +245,7 @@ class BookingService:
             new,
             max_covers=capacity.max_covers,
             fingerprint=attempt.fingerprint,
-            response_booking=booking_view(new.as_row()).body(),
+            response_booking=BookingView.from_row(new.as_row()).body(),
             events=[*attempt.conflict_events, success],
             ttl_hours=self.settings.idempotency_ttl_hours,
         )
@@ -444,7 +439,7 @@ class BookingService:
         row = self._read(lambda conn: repo.get_booking(conn, booking_id, tenant))
         if row is None:
             raise ProblemError(ProblemCode.BOOKING_NOT_FOUND, f"No booking {booking_id}.")
-        return BookingEnvelope(booking=booking_view(row)).body()
+        return BookingEnvelope(booking=BookingView.from_row(row)).body()
 
     def cancel(self, booking_id: UUID, tenant: str) -> Cancellation:
         """The cancelled booking's body (``BookingEnvelope``)."""
@@ -452,7 +447,7 @@ class BookingService:
         if row is None:
             # Already cancelled (a no-op that answers the same) or not this tenant's.
             return Cancellation(self.get(booking_id, tenant), cancelled_now=False)
-        return Cancellation(BookingEnvelope(booking=booking_view(row)).body(), cancelled_now=True)
+        return Cancellation(BookingEnvelope(booking=BookingView.from_row(row)).body(), cancelled_now=True)
 
 
 def _event_metadata(request: BookingRequest, caller: Caller, attempts: int) -> dict[str, Any]:

@@ -445,8 +445,11 @@ def plan(
         transitions.append(
             Transition(action, f.key, f.restaurant_name, f.figures, alert.opened_at, alert.id, f.members)
         )
-    closing = [_closing(a, seen.values(), observed or {}) for a in sorted(open_alerts, key=lambda a: a.key.order)]
-    closing = [t for t in closing if t.key not in seen]
+    closing = [
+        _closing(a, seen.values(), observed or {})
+        for a in sorted(open_alerts, key=lambda a: a.key.order)
+        if a.key not in seen  # still found: not closing
+    ]
     return _count_superseded(transitions, closing) + closing
 
 

@@ -17,7 +17,7 @@ def problem_response(exc: ProblemError, instance: str | None = None) -> Response
     return Response(
         status_code=exc.status,
         content_type=PROBLEM_CONTENT_TYPE,
-        body=json.dumps(with_instance(exc.body(), instance)),
+        body=json.dumps(exc.body(instance)),
         headers=dict(exc.headers),
     )
 
@@ -27,7 +27,7 @@ def problem_result(exc: ProblemError, instance: str | None = None) -> dict[str, 
     return {
         "statusCode": exc.status,
         "headers": {"Content-Type": PROBLEM_CONTENT_TYPE, **exc.headers},
-        "body": json.dumps(with_instance(exc.body(), instance)),
+        "body": json.dumps(exc.body(instance)),
         "isBase64Encoded": False,
     }
 

@@ -156,5 +156,5 @@ class ProblemError(Exception):
     def status(self) -> int:
         return PROBLEM_TITLES[self.code][0]
 
-    def body(self) -> dict[str, Any]:
-        return problem_body(self.code, self.detail, **self.extra)
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        return problem_body(self.code, self.detail, instance=instance, **self.extra)

@@ -146,12 +146,16 @@ def _header(
     return _validated(adapter, value, ("header", name), errors)
 
 
+def _headers(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's headers as Powertools validated them: the multi-value map when the event has
+    one (API Gateway's always does), else the single-value one; names lower-cased."""
+    given = event.get("multiValueHeaders") or event.get("headers") or {}
+    return {name.lower(): value for name, value in given.items()}
+
+
 def _booking_args() -> dict[str, Any]:
     event = app.current_event
-    # The headers Powertools validated: the multi-value map when the event has one (API Gateway's
-    # always does), else the single-value one; names compared case-insensitively, as there.
-    given = event.get("multiValueHeaders") or event.get("headers") or {}
-    headers = {name.lower(): value for name, value in given.items()}
+    headers = _headers(event)
     errors: list[Any] = []
     key = _header(headers, "idempotency-key", _KEY_HEADER, errors, required=True)
     run_id = _header(headers, "x-run-id", _RUN_ID_HEADER, errors, required=False)
@@ -497,4 +501,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def _accept_json_only(event: dict[str, Any]) -> ProblemError | None:
     """415 unless the body is declared JSON (or not declared). Powertools itself would parse a
     form or multipart body into fields, and compares the media type case-sensitively."""
-    return media_type_refusal({**(event.get("multiValueHeaders") or {}), **(event.get("headers") or {})})
+    return media_type_refusal(_headers(event))

@@ -23,6 +23,7 @@ from capctl.seed import SeedFile, apply_seed
 from capctl.sns_inbox import SnsInbox
 from capctl.webhook_sink import WebhookSink
 from tests.alerting import REGION
+from tests.roles import login_url, temporary_role
 from tests.support import BASE_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,14 @@ def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     yield _admin_url(pg_server_url, name)
     with psycopg.connect(pg_server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def function_user(db_url: str) -> Iterator[str]:
+    """The URL of a login that is a member of capacity_app and nothing else, as the functions'
+    user (the one in DATABASE_SECRET_ARN) is; the role is dropped after the test."""
+    with temporary_role(db_url, "capacity_fn", login=True, member_of="capacity_app") as name:
+        yield login_url(db_url, name)
 
 
 @pytest.fixture

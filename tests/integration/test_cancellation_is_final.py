@@ -12,7 +12,6 @@ import pytest
 from psycopg import errors
 
 from capctl.apigw import rest_event
-from tests.roles import login_url, temporary_role
 from tests.support import booking_body, invoke, post_booking_event
 
 pytestmark = pytest.mark.integration
@@ -47,12 +46,10 @@ def test_the_owner_cannot_confirm_a_cancelled_booking_again(booking_app, conn):
     assert state(conn, booking_id) == ("cancelled", 0)
 
 
-def test_nor_can_the_functions_role(booking_app, seeded_db, conn):
+def test_nor_can_the_functions_role(booking_app, function_user, conn):
     booking_id = cancelled_booking(booking_app)
-    with temporary_role(seeded_db, "capacity_fn", login=True, member_of="capacity_app") as name:
-        function = psycopg.connect(login_url(seeded_db, name), autocommit=True)
-        with function, pytest.raises(errors.CheckViolation):
-            function.execute("UPDATE bookings SET status = 'confirmed' WHERE id = %s", (booking_id,))
+    with psycopg.connect(function_user, autocommit=True) as function, pytest.raises(errors.CheckViolation):
+        function.execute("UPDATE bookings SET status = 'confirmed' WHERE id = %s", (booking_id,))
     assert state(conn, booking_id) == ("cancelled", 0)
 
 

@@ -18,7 +18,6 @@ from psycopg import errors
 from capctl.apigw import LambdaContext, rest_event
 from capctl.handlers import load_handler
 from tests.alerting import insert_booking, insert_event, slot_date
-from tests.roles import login_url, temporary_role
 from tests.support import (
     BASE_SEED,
     CLOSED_DATE,
@@ -106,14 +105,6 @@ def default_grants(conn: Any) -> int:
         "SELECT count(*)::int AS n FROM pg_default_acl d, aclexplode(d.defaclacl) a"
         " WHERE a.grantee = 'capacity_app'::regrole"
     ).fetchone()["n"]
-
-
-@pytest.fixture
-def function_user(db_url: str) -> Iterator[str]:
-    """The URL of a login user that is a member of capacity_app and nothing else, as the
-    functions' user (the one in DATABASE_SECRET_ARN) is."""
-    with temporary_role(db_url, "capacity_fn", login=True, member_of="capacity_app") as name:
-        yield login_url(db_url, name)
 
 
 # ---------------------------------------------------------------- the grants, exactly

@@ -129,15 +129,14 @@ def test_what_an_operator_must_not_do_is_refused(alice, booking_app, seeded_db, 
     assert conn.execute(check).fetchall() == before
 
 
-def test_the_functions_login_cannot_do_on_calls_changes(booking_app, seeded_db, conn, monkeypatch, capsys):
+def test_the_functions_login_cannot_do_on_calls_changes(booking_app, function_user, conn, monkeypatch, capsys):
     """deploy.md: connect as your own login, not with the functions' secret."""
-    with temporary_role(seeded_db, "capacity_fn", login=True, member_of="capacity_app") as name:
-        on_database(monkeypatch, login_url(seeded_db, name))
-        count = len(changes(conn))
-        for argv in (
-            ("slot", "close", RESTAURANT_ID, FUTURE_DATE, "20:00", "--reason", "x"),
-            ("slot", "show", RESTAURANT_ID, FUTURE_DATE, "19:00"),
-        ):
-            code, out, err = run(capsys, *argv)
-            assert (code, out) == (2, "") and err.startswith("capctl: error: database: permission denied for table")
-        assert len(changes(conn)) == count
+    on_database(monkeypatch, function_user)
+    count = len(changes(conn))
+    for argv in (
+        ("slot", "close", RESTAURANT_ID, FUTURE_DATE, "20:00", "--reason", "x"),
+        ("slot", "show", RESTAURANT_ID, FUTURE_DATE, "19:00"),
+    ):
+        code, out, err = run(capsys, *argv)
+        assert (code, out) == (2, "") and err.startswith("capctl: error: database: permission denied for table")
+    assert len(changes(conn)) == count

@@ -19,7 +19,6 @@ from psycopg import errors
 from capctl.apigw import rest_event
 from capctl.handlers import load_handler
 from capctl.serve import LocalApi
-from tests.roles import login_url, temporary_role
 from tests.support import FUTURE_DATE, RESTAURANT_ID, booking_body, invoke, post_booking_event
 
 API_KEY = "security-key"
@@ -169,14 +168,6 @@ def test_hostile_strings_are_stored_verbatim(booking_app, conn, text):
 
 
 # ---------------------------------------------------------------- the functions' role
-
-
-@pytest.fixture
-def function_user(db_url: str) -> Any:
-    """A login user that is a member of capacity_app only, as the functions' user is (what that
-    role may do, table by table: test_db_roles.py)."""
-    with temporary_role(db_url, "capacity_fn", login=True, member_of="capacity_app") as name:
-        yield login_url(db_url, name)
 
 
 DDL = [

@@ -147,8 +147,9 @@ class TestFailures:
             raise errors.QueryCanceled()
 
         monkeypatch.setattr(repository, "get_booking", failing)
-        status, _, body = invoke(fast_app, rest_event("GET", f"/bookings/{RESTAURANT_ID}"))
-        assert (status, body["code"], len(calls)) == (500, "internal_error", 2)
+        status, headers, body = invoke(fast_app, rest_event("GET", f"/bookings/{RESTAURANT_ID}"))
+        assert (status, body["code"], len(calls)) == (503, "retry_exhausted", 2)
+        assert headers["Retry-After"] == "1" and headers["Content-Type"] == "application/problem+json"
 
 
 class TestDatabaseSettings:

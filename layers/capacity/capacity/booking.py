@@ -409,8 +409,13 @@ class BookingService:
         except DatabaseUnavailable:
             raise self._unavailable() from None
         except RetriesExhausted as exc:
-            assert exc.__cause__ is not None
-            raise exc.__cause__ from None
+            # Transient failures outlasted the retry (lock or statement timeouts during a stall):
+            # 503 with Retry-After, as a booking answers them, not a 500.
+            raise RetryExhausted(
+                "The booking database kept failing transiently; retry shortly.",
+                attempts=len(exc.failures),
+                retry_after=self.settings.retry_after_s,
+            ) from None
 
     def availability(self, restaurant_id: UUID, date: dt.date) -> dict[str, Any]:
         day = self._read(lambda conn: repo.load_day(conn, restaurant_id, date))

@@ -337,7 +337,6 @@ TABLES: tuple[TablePanel, ...] = (
     ),
 )
 
-PANEL_BY_NAME = {p.name: p for p in PANELS}
 THRESHOLDS: tuple[Threshold, ...] = tuple(t for p in PANELS for t in p.thresholds)
 
 

@@ -396,12 +396,6 @@ def make_report(
     )
 
 
-def build_report(**kwargs: Any) -> dict[str, Any]:
-    """The report's JSON as written (:func:`make_report`'s keywords), for callers that read the
-    document rather than the model."""
-    return make_report(**kwargs).as_json()
-
-
 def _report_verification(
     verification: Verification,
     aggregate: Mapping[str, Any] | None,

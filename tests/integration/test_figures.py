@@ -48,7 +48,7 @@ def test_report_rollup_and_alert_check_agree_on_the_conflict_rate(seeded_db: str
     # the load-test report
     plan = load.Plan(run_id=RUN, restaurant_ids=[RESTAURANT_ID], dates=[FUTURE], days={}, hot=[])
     verification = load.verify_in_database(conn, plan, NOW - dt.timedelta(hours=1))
-    built = report.build_report(
+    built = report.make_report(
         run_id=RUN,
         started_at=NOW - dt.timedelta(minutes=15),
         finished_at=NOW,
@@ -60,7 +60,7 @@ def test_report_rollup_and_alert_check_agree_on_the_conflict_rate(seeded_db: str
         artillery_exit_code=0,
         ensure_checks=[],
         verification=verification,
-    )
+    ).as_json()
     from_report = built["verification"]["conflictRate"]
     # the hourly roll-up of the same (synthetic) traffic
     run_rollup(conn, hours=1, now=NOW)

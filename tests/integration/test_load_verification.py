@@ -73,7 +73,7 @@ def aggregate(created: int, replayed_201: int = 0, covers: int | None = None) ->
 
 def report_for(verified: reports.Verification, output: dict[str, Any]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
-    return reports.build_report(
+    return reports.make_report(
         run_id=RUN,
         started_at=now,
         finished_at=now,
@@ -85,7 +85,7 @@ def report_for(verified: reports.Verification, output: dict[str, Any]) -> dict[s
         artillery_exit_code=0,
         ensure_checks=[],
         verification=verified,
-    )
+    ).as_json()
 
 
 @pytest.fixture

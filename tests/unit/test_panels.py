@@ -144,9 +144,9 @@ def test_threshold_drift_is_found(template):
 def test_every_panel_metric_is_emitted_and_every_chart_is_named():
     names = {m.name for p in panels.PANELS for m in p.metrics}
     assert names <= set(MetricName)
-    assert {"success-rate", "utilization", "conflict-rate", "outcomes", "latency", "incidents"} <= set(
-        panels.PANEL_BY_NAME
-    )
+    assert {"success-rate", "utilization", "conflict-rate", "outcomes", "latency", "incidents"} <= {
+        p.name for p in panels.PANELS
+    }
     for p in panels.PANELS:
         for e in p.expressions:
             ids = {m.id for m in p.metrics}
